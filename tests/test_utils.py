@@ -1,0 +1,87 @@
+"""utils.py: overrides, device choice, seeding, atomic files and checkpoints."""
+import os
+
+import pytest
+import torch
+
+import utils
+
+CONFIG = dict(batch_size=32, lr=1e-3, dataset="moving_mnist", bf16=True, sizes=(1, 2))
+
+
+def test_overrides_apply_with_types():
+    cfg = utils.parse_overrides(CONFIG, ["--batch_size=8", "--lr=3", "--bf16=false", "--dataset=pendulum",
+                                         "--sizes=3,4"])
+    assert cfg == dict(batch_size=8, lr=3.0, dataset="pendulum", bf16=False, sizes=(3, 4))
+    assert isinstance(cfg["lr"], float)
+    assert CONFIG["batch_size"] == 32  # the defaults are not mutated
+
+
+def test_bare_flag_sets_bool():
+    assert utils.parse_overrides(CONFIG, ["--bf16"])["bf16"] is True
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--batch_sise=8"], "did you mean --batch_size"),
+    (["--batch_size=eight"], "expects an integer"),
+    (["--lr=fast"], "expects a number"),
+    (["--bf16=maybe"], "expects true or false"),
+    (["--batch_size"], "needs a value"),
+    (["batch_size=3"], "--key=value"),
+])
+def test_bad_overrides_are_one_line_errors(argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        utils.parse_overrides(CONFIG, argv)
+    msg = str(exc.value)
+    assert fragment in msg and "\n" not in msg
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.delenv("VPWM_DEVICE", raising=False)
+    assert utils.pick_device(None, verbose=False).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert utils.pick_device("auto", verbose=False).type == "cuda"
+    monkeypatch.setenv("VPWM_DEVICE", "cpu")
+    assert utils.pick_device(None, verbose=False).type == "cpu"  # env var overrides auto
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        utils.pick_device("cuda", verbose=False)
+    with pytest.raises(SystemExit, match="unknown device"):
+        utils.pick_device("tpu", verbose=False)
+
+
+def test_seeding_and_rng_state_roundtrip():
+    utils.seed_everything(3)
+    state = utils.rng_state()
+    a = torch.rand(3)
+    utils.set_rng_state(state)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_checkpoint_roundtrip_and_errors(tmp_path):
+    path = tmp_path / "ck.pt"
+    utils.save_checkpoint({"config": {"a": 1}, "w": torch.ones(2), "rng": utils.rng_state()}, path)
+    ck = utils.load_checkpoint(path)
+    assert ck["config"] == {"a": 1} and torch.equal(ck["w"], torch.ones(2))
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp.pt")] == []
+    with pytest.raises(SystemExit, match="not found"):
+        utils.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        utils.load_checkpoint(tmp_path / "bad.pt")
+    utils.save_checkpoint({"w": 1}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a checkpoint of this project"):
+        utils.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    utils.save_json({"v": 1}, path)
+    with pytest.raises(RuntimeError):
+        with utils.atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text().strip().startswith("{") and '"v": 1' in path.read_text()
+    assert len(list(tmp_path.iterdir())) == 1

@@ -1,0 +1,380 @@
+"""The one definition of the world model and its parts.
+
+    VectorQuantizer     EMA codebook, dead-code restarts, commitment loss,
+                        straight-through gradients ("MPS-safe": matmul distances,
+                        one-hot counts; no cdist / bincount / unique / float64)
+    Tokenizer           VQ-VAE: 64x64 frame -> 16x16 grid of codes -> 64x64 frame
+    ConvGRUCell         convolutional GRU (Shi et al. 2015 with GRU gates, Cho et al. 2014)
+    Dynamics            two stacked ConvGRUs over code embeddings (+ optional action),
+                        with a motion head and a reward head
+    SharpWorldModelV2   tokenizer + dynamics: encode / decode / observe / imagine / rollout
+
+How the dynamics predicts the next frame's latent ("move, then re-tokenise")
+---------------------------------------------------------------------------------
+Predicting the 16x16 codes directly (cross-entropy) or regressing their embeddings
+both average over the model's uncertainty, and decoded rollouts turn to grey blobs
+within a few steps. Here the ConvGRU instead predicts *where content moves*: a
+displacement field (pixels per frame) that backward-warps the current frame,
+    x_{t+1}(p) = x_t(p - d_t(p)),                       d_t = MotionHead(h_t)
+and the warped frame is re-tokenised, z_{t+1} = VQ(E(x_{t+1})), and decoded,
+x_{t+1} <- D(z_{t+1}). Snapping to the codebook every step removes the sub-pixel blur
+that bilinear warping would otherwise accumulate, so content keeps its sharpness;
+the mean-squared error only has to get the motion right. The next-latent
+prediction is therefore z_{t+1} = VQ(E(warp(D(z_t), d_t))). The alternative
+`predict="embedding"` regresses the next code embeddings (decoded after snapping);
+training/train_sharp_v2.py trains either, and the README compares them.
+
+Tensor conventions: frames are float in [0, 1], shape (B, 1, H, W) or (B, T, 1, H, W);
+codes are int64 (B, h, w) with h = H / 4; embeddings are (B, D, h, w).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------
+# Vector quantiser (van den Oord et al. 2017, EMA updates from appendix A.1)
+# ----------------------------------------------------------------------------------------
+class VectorQuantizer(nn.Module):
+    """Nearest-codebook quantiser with EMA codebook updates.
+
+    forward(z: (B, D, h, w)) -> (z_q, codes, stats)
+      z_q    (B, D, h, w)  quantised vectors with straight-through gradients
+      codes  (B, h, w)     int64 code indices
+      stats  dict: 'commit' (beta * |z - sg(e)|^2), 'perplexity', 'usage' (fraction of
+             codes used in the batch), 'restarted' (codes restarted this step)
+    """
+
+    def __init__(self, num_codes: int = 512, dim: int = 64, decay: float = 0.99,
+                 beta: float = 0.25, restart_every: int = 25, dead_usage: float = 0.03,
+                 eps: float = 1e-5):
+        super().__init__()
+        self.num_codes, self.dim, self.decay, self.beta = num_codes, dim, decay, beta
+        self.restart_every, self.dead_usage, self.eps = restart_every, dead_usage, eps
+        embed = torch.randn(num_codes, dim) / math.sqrt(dim)
+        self.register_buffer("codebook", embed)
+        self.register_buffer("ema_count", torch.ones(num_codes))
+        self.register_buffer("ema_sum", embed.clone())
+        # Slow average of how many vectors pick each code per batch; a code whose
+        # average falls below `dead_usage` is "dead" and gets restarted.
+        self.register_buffer("usage", torch.ones(num_codes))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def distances(self, flat: torch.Tensor) -> torch.Tensor:
+        """Squared distances (N, K) by the matmul expansion |z|^2 - 2 z.e + |e|^2,
+        in float32: fast everywhere and supported on MPS (unlike torch.cdist)."""
+        e = self.codebook
+        return (flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ e.t() + e.pow(2).sum(1)[None, :])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) int64 -> embeddings (B, D, h, w)."""
+        return self.codebook[codes].permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor):
+        B, D, h, w = z.shape
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            flat = z.permute(0, 2, 3, 1).reshape(-1, D)              # (N, D), N = B*h*w
+            dist = self.distances(flat)                              # (N, K)
+            min_dist, idx = dist.min(dim=1)                          # argmin over codes
+            onehot = F.one_hot(idx, self.num_codes).to(flat.dtype)   # (N, K): counts by matmul/sum
+            counts = onehot.sum(0)                                   # (K,)
+            quant = onehot @ self.codebook                           # (N, D)
+
+            restarted = 0
+            if self.training:
+                self._ema_update(flat, onehot, counts)
+                restarted = self._restart_dead(flat, min_dist)
+
+            z_q = quant.view(B, h, w, D).permute(0, 3, 1, 2).contiguous()
+            commit = self.beta * F.mse_loss(z, z_q.detach())
+            z_q = z + (z_q - z).detach()                             # straight-through estimator
+            probs = counts / counts.sum()
+            perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+            usage = (counts > 0).float().mean()
+        stats = {"commit": commit, "perplexity": perplexity.detach(), "usage": usage.detach(),
+                 "restarted": restarted}
+        return z_q, idx.view(B, h, w), stats
+
+    @torch.no_grad()
+    def _ema_update(self, flat, onehot, counts):
+        d = self.decay
+        self.ema_count.mul_(d).add_(counts, alpha=1 - d)
+        self.ema_sum.mul_(d).add_(onehot.t() @ flat, alpha=1 - d)
+        # Laplace smoothing keeps rarely used codes from dividing by ~0 (eq. in A.1).
+        n = self.ema_count.sum()
+        count = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
+        self.codebook.copy_(self.ema_sum / count[:, None])
+        self.usage.mul_(0.95).add_(counts, alpha=0.05)
+        self.steps += 1
+
+    @torch.no_grad()
+    def _restart_dead(self, flat, min_dist) -> int:
+        """Move dead codes onto the batch's *worst-quantised* vectors. Restarting from
+        random encoder outputs would scatter the dominant black background over many
+        codes; the worst-fit vectors are where the codebook is missing detail."""
+        if self.restart_every <= 0 or int(self.steps) % self.restart_every != 0:
+            return 0
+        dead = (self.usage < self.dead_usage).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        k = min(dead.numel(), flat.shape[0])
+        worst = min_dist.topk(k).indices
+        dead = dead[:k]
+        new = flat[worst]
+        self.codebook[dead] = new
+        self.ema_sum[dead] = new
+        self.ema_count[dead] = 1.0
+        self.usage[dead] = 1.0  # grace period before it can count as dead again
+        return int(k)
+
+
+# ----------------------------------------------------------------------------------------
+# VQ-VAE tokenizer
+# ----------------------------------------------------------------------------------------
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                  nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Tokenizer(nn.Module):
+    """VQ-VAE: (B, 1, 64, 64) -> codes (B, 16, 16) -> (B, 1, 64, 64).
+
+    Two stride-2 stages (64 -> 32 -> 16); the heavy residual blocks run at 32x32 and
+    16x16 only, which keeps a CPU step cheap while each code still sees 4x4 pixels
+    plus context."""
+
+    def __init__(self, channels: int = 64, code_dim: int = 64, num_codes: int = 512,
+                 in_channels: int = 1, **vq_kwargs):
+        super().__init__()
+        c, c2 = channels, 2 * channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, c, 4, stride=2, padding=1),      # 64 -> 32
+            ResBlock(c),
+            nn.Conv2d(c, c2, 4, stride=2, padding=1),               # 32 -> 16
+            ResBlock(c2), ResBlock(c2),
+            nn.GroupNorm(8, c2), nn.SiLU(), nn.Conv2d(c2, code_dim, 1))
+        self.quantizer = VectorQuantizer(num_codes, code_dim, **vq_kwargs)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(code_dim, c2, 3, padding=1),
+            ResBlock(c2), ResBlock(c2),
+            nn.GroupNorm(8, c2), nn.SiLU(), nn.ConvTranspose2d(c2, c, 4, stride=2, padding=1),  # 16 -> 32
+            ResBlock(c),
+            nn.GroupNorm(8, c), nn.SiLU(), nn.ConvTranspose2d(c, in_channels, 4, stride=2, padding=1))  # 32 -> 64
+
+    def encode_latent(self, x):
+        return self.encoder(x.contiguous())
+
+    def forward(self, x):
+        """x (B, 1, H, W) in [0,1] -> (recon (B,1,H,W) in [0,1], codes, vq stats)."""
+        z_q, codes, stats = self.quantizer(self.encode_latent(x))
+        return self.decode_embeddings(z_q), codes, stats
+
+    def decode_embeddings(self, z_q):
+        return torch.sigmoid(self.decoder(z_q.contiguous()).float())
+
+
+# ----------------------------------------------------------------------------------------
+# ConvGRU dynamics
+# ----------------------------------------------------------------------------------------
+class ConvGRUCell(nn.Module):
+    """h' = (1 - u) * h + u * tanh(W_c * [x, r * h]),  [u, r] = sigmoid(W_g * [x, h]).
+    x: (B, Cin, h, w), h: (B, Ch, h, w). The state is kept in float32 even under
+    autocast so that long rollouts do not drift from bf16 rounding."""
+
+    def __init__(self, in_ch: int, hidden: int, kernel: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv2d(in_ch + hidden, 2 * hidden, kernel, padding=kernel // 2)
+        self.cand = nn.Conv2d(in_ch + hidden, hidden, kernel, padding=kernel // 2)
+        nn.init.constant_(self.gates.bias[:hidden], -1.0)  # start by mostly keeping the state
+
+    def forward(self, x, h):
+        u, r = torch.sigmoid(self.gates(torch.cat([x, h.to(x.dtype)], 1)).float()).chunk(2, 1)
+        c = torch.tanh(self.cand(torch.cat([x, (r * h).to(x.dtype)], 1)).float())
+        return (1 - u) * h + u * c
+
+
+class Dynamics(nn.Module):
+    """Two stacked ConvGRUs over the code-embedding grid.
+
+    step(emb (B, D, h, w), hidden list, action (B, A) or None) -> (out, hidden)
+      out['motion']    (B, 2, h, w) displacement in pixels per frame (predict="motion")
+      out['embedding'] (B, D, h, w) next code embeddings       (predict="embedding")
+      out['reward']    (B,)          predicted reward            (reward_head=True)
+    Coordinate channels are appended to the input so that the cells know where the
+    walls are (bounces happen at fixed image positions)."""
+
+    def __init__(self, code_dim: int = 64, hidden: int = 96, layers: int = 2, action_dim: int = 0,
+                 predict: str = "motion", reward_head: bool = False, grid: int = 16,
+                 max_motion: float = 8.0):
+        super().__init__()
+        if predict not in ("motion", "embedding"):
+            raise ValueError(f"predict must be 'motion' or 'embedding', got '{predict}'")
+        self.predict, self.action_dim, self.hidden, self.max_motion = predict, action_dim, hidden, max_motion
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+        self.stem = nn.Conv2d(code_dim + 2 + action_dim, hidden, 3, padding=1)
+        self.cells = nn.ModuleList(ConvGRUCell(hidden, hidden) for _ in range(layers))
+        out_ch = 2 if predict == "motion" else code_dim
+        self.head = nn.Sequential(nn.Conv2d(hidden * layers, hidden, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(hidden, out_ch, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)   # start as copy-last-frame (zero motion)
+        nn.init.zeros_(self.head[-1].bias)
+        self.reward = (nn.Sequential(nn.Linear(hidden * layers, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+                       if reward_head else None)
+
+    def init_hidden(self, batch: int, device, h: int, w: int):
+        return [torch.zeros(batch, self.hidden, h, w, device=device) for _ in self.cells]
+
+    def step(self, emb, hidden, action=None):
+        B, _, h, w = emb.shape
+        parts = [emb, self.coords.expand(B, -1, -1, -1).to(emb.dtype)]
+        if self.action_dim:
+            if action is None:
+                raise ValueError("this dynamics model was built with action_dim > 0: pass an action")
+            parts.append(action[:, :, None, None].to(emb.dtype).expand(-1, -1, h, w))
+        x = F.silu(self.stem(torch.cat(parts, 1)))
+        new_hidden = []
+        for cell, hid in zip(self.cells, hidden):
+            hid = cell(x, hid)
+            new_hidden.append(hid)
+            x = hid.to(x.dtype)
+        feats = torch.cat(new_hidden, 1)
+        raw = self.head(feats.to(emb.dtype)).float()
+        out = {}
+        if self.predict == "motion":
+            out["motion"] = self.max_motion * torch.tanh(raw / self.max_motion)  # bounded displacement
+        else:
+            out["embedding"] = emb.float() + raw   # residual: "no change" is the zero output
+        if self.reward is not None:
+            out["reward"] = self.reward(feats.mean((2, 3))).squeeze(1)
+        return out, new_hidden
+
+
+def warp(frames: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    """Backward warp: out(p) = frames(p - d(p)), bilinear, zeros outside the image.
+    frames (B, C, H, W); motion (B, 2, h, w) in pixels/frame (x, y), upsampled to H x W."""
+    B, _, H, W = frames.shape
+    d = F.interpolate(motion, size=(H, W), mode="bilinear", align_corners=False)
+    ys, xs = torch.meshgrid(torch.arange(H, device=frames.device, dtype=d.dtype),
+                            torch.arange(W, device=frames.device, dtype=d.dtype), indexing="ij")
+    src_x = xs[None] - d[:, 0]
+    src_y = ys[None] - d[:, 1]
+    # grid_sample's normalised coordinates with align_corners=False: pixel centre i -> (2i+1)/W - 1
+    grid = torch.stack([(2 * src_x + 1) / W - 1, (2 * src_y + 1) / H - 1], dim=-1)
+    return F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------
+# The world model
+# ----------------------------------------------------------------------------------------
+class SharpWorldModelV2(nn.Module):
+    """Tokenizer + ConvGRU dynamics.
+
+        model = SharpWorldModelV2(**model_config)
+        codes = model.encode(frames)                      # (B,1,64,64) -> (B,16,16)
+        frames = model.decode(codes)                      # -> (B,1,64,64) in [0,1]
+        state = model.observe(context)                    # context (B,Tc,1,64,64)
+        out = model.imagine(state, horizon, actions)      # out['frames'] (B,N,1,64,64)
+        pred = model.rollout(context, horizon)            # observe + imagine, frames only
+    """
+
+    def __init__(self, channels: int = 64, code_dim: int = 64, num_codes: int = 512,
+                 hidden: int = 96, layers: int = 2, action_dim: int = 0, predict: str = "motion",
+                 reward_head: bool = False, image_size: int = 64, max_motion: float = 8.0):
+        super().__init__()
+        self.config = dict(channels=channels, code_dim=code_dim, num_codes=num_codes, hidden=hidden,
+                           layers=layers, action_dim=action_dim, predict=predict,
+                           reward_head=reward_head, image_size=image_size, max_motion=max_motion)
+        self.grid = image_size // 4
+        self.tokenizer = Tokenizer(channels, code_dim, num_codes)
+        self.dynamics = Dynamics(code_dim, hidden, layers, action_dim, predict, reward_head,
+                                 self.grid, max_motion)
+
+    # --- tokens ------------------------------------------------------------------------
+    def encode(self, frames):
+        """(B, 1, H, W) in [0,1] -> codes (B, H/4, W/4) int64."""
+        return self.tokenizer.quantizer(self.tokenizer.encode_latent(frames))[1]
+
+    def embed(self, codes):
+        return self.tokenizer.quantizer.lookup(codes)
+
+    def decode(self, codes):
+        return self.tokenizer.decode_embeddings(self.embed(codes))
+
+    def reconstruct(self, frames):
+        return self.decode(self.encode(frames))
+
+    def snap(self, emb):
+        """Nearest-code snapping of predicted embeddings (B, D, h, w) -> codes (B, h, w)."""
+        q = self.tokenizer.quantizer
+        flat = emb.float().permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+        return q.distances(flat).argmin(1).view(emb.shape[0], *emb.shape[2:])
+
+    # --- dynamics ----------------------------------------------------------------------
+    def observe(self, context, actions=None, codes=None):
+        """Run the dynamics over the context frames.
+        context (B, Tc, 1, H, W); actions (B, Tc, A) or None; codes (B, Tc, h, w) if
+        already computed. Returns a state dict for `imagine`."""
+        B, Tc = context.shape[:2]
+        if codes is None:
+            codes = self.encode(context.flatten(0, 1)).view(B, Tc, self.grid, self.grid)
+        hidden = self.dynamics.init_hidden(B, context.device, self.grid, self.grid)
+        out = None
+        for t in range(Tc):
+            a = actions[:, t] if actions is not None else None
+            out, hidden = self.dynamics.step(self.embed(codes[:, t]), hidden, a)
+        return {"hidden": hidden, "frame": self.decode(codes[:, -1]), "codes": codes[:, -1], "out": out}
+
+    def next_frame(self, state, out):
+        """Turn one dynamics output into the next (sharp) frame and its codes."""
+        if self.dynamics.predict == "motion":
+            codes = self.encode(warp(state["frame"], out["motion"]).clamp(0, 1))
+        else:
+            codes = self.snap(out["embedding"])
+        return self.decode(codes), codes
+
+    def imagine(self, state, horizon: int, actions=None):
+        """Predict `horizon` frames autoregressively from `observe`'s state.
+        actions (B, horizon, A) or None. Returns {'frames': (B,N,1,H,W), 'codes':
+        (B,N,h,w), 'rewards': (B,N) when the reward head exists}."""
+        frames, codes, rewards = [], [], []
+        state = dict(state)
+        out = state["out"]
+        for t in range(horizon):
+            frame, c = self.next_frame(state, out)
+            frames.append(frame)
+            codes.append(c)
+            if "reward" in out:
+                rewards.append(out["reward"])
+            state["frame"], state["codes"] = frame, c
+            if t + 1 < horizon:
+                a = actions[:, t] if actions is not None else None
+                out, state["hidden"] = self.dynamics.step(self.embed(c), state["hidden"], a)
+        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
+        if rewards:
+            result["rewards"] = torch.stack(rewards, 1)
+        return result
+
+    @torch.no_grad()
+    def rollout(self, context, horizon: int, actions=None):
+        """context (B, Tc, 1, H, W) -> predicted frames (B, horizon, 1, H, W) in [0,1].
+        actions, when the model takes them, cover context and horizon: (B, Tc+horizon, A)."""
+        Tc = context.shape[1]
+        obs_a = actions[:, :Tc] if actions is not None else None
+        fut_a = actions[:, Tc:] if actions is not None else None
+        return self.imagine(self.observe(context, obs_a), horizon, fut_a)["frames"]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
