@@ -378,3 +378,90 @@ class SharpWorldModelV2(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------
+# Training objectives (shared by every training script)
+# ----------------------------------------------------------------------------------------
+def tokenizer_loss(model: SharpWorldModelV2, frames: torch.Tensor):
+    """frames (N, 1, H, W) in [0,1] -> (loss, logs). MSE + L1 reconstruction (L1 keeps
+    the mostly-black background exactly black) + the VQ commitment term."""
+    recon, _, stats = model.tokenizer(frames)
+    mse = F.mse_loss(recon, frames)
+    l1 = F.l1_loss(recon, frames)
+    loss = mse + l1 + stats["commit"]
+    logs = {"loss": loss.item(), "mse": mse.item(), "l1": l1.item(),
+            "psnr": (-10 * torch.log10(mse.detach().clamp_min(1e-10))).item(),
+            "perplexity": stats["perplexity"].item(), "usage": stats["usage"].item(),
+            "restarted": stats["restarted"]}
+    return loss, logs
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) frames, radius 3 sigma, zero padding."""
+    r = int(3 * sigma)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=x.device, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
+    return F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
+
+
+def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
+                  teacher_prob: float = 0.0, actions=None, rewards=None):
+    """One unrolled training pass of the dynamics over a clip.
+
+    frames (B, T, 1, H, W) in [0,1]; codes (B, T, h, w) their cached tokens; the first
+    `context` inputs are always the true frames; after that each step's input is the
+    true frame with probability `teacher_prob` (scheduled sampling, Bengio et al.
+    2015) and otherwise the model's own sharp prediction, so the model is trained on
+    the rollouts it will meet at test time. Loss per predicted frame: pixel MSE plus
+    a wide-basin term. For motion it compares the warp of a Gaussian-blurred source
+    with the blurred target: bilinear warping of a sharp frame at whole-pixel
+    offsets has one-sided, mostly zero gradients (a 3-pixel stroke displaced by 4
+    pixels gives none), while blurring makes the photometric error smooth in the
+    displacement. For embeddings it is the MSE at 1/4 resolution.
+    Returns (loss, logs) with logs['step_mse'] the per-step error summed over pixels.
+    """
+    dyn = model.dynamics
+    B, T = frames.shape[:2]
+    hidden = dyn.init_hidden(B, frames.device, model.grid, model.grid)
+    frame, emb = frames[:, 0], model.embed(codes[:, 0])
+    total, step_mse = 0.0, []
+    for t in range(T - 1):
+        a = actions[:, t] if actions is not None else None
+        out, hidden = dyn.step(emb, hidden, a)
+        target = frames[:, t + 1]
+        free = t + 1 >= context and torch.rand(()).item() >= teacher_prob
+        need_codes = t + 1 >= context  # predictions after the context are snapped, as in `imagine`
+        extra = 0.0
+        if dyn.predict == "motion":
+            pred = warp(frame, out["motion"]).clamp(0, 1)
+            if need_codes:
+                with torch.no_grad():
+                    c = model.encode(pred)
+                    clean = model.decode(c)
+                pred = pred + (clean - pred).detach()   # forward: snapped frame; backward: identity
+        else:
+            e = out["embedding"]
+            with torch.no_grad():
+                c = model.snap(e)
+            target_emb = model.embed(codes[:, t + 1])
+            logits = -model.tokenizer.quantizer.distances(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
+            extra = F.mse_loss(e, target_emb) + 0.1 * F.cross_entropy(logits, codes[:, t + 1].reshape(-1))
+            pred = model.tokenizer.decode_embeddings(e)
+        if dyn.predict == "motion":
+            wide = F.mse_loss(warp(gaussian_blur(frame), out["motion"]), gaussian_blur(target))
+        else:
+            wide = F.mse_loss(F.avg_pool2d(pred, 4), F.avg_pool2d(target, 4))
+        loss_t = F.mse_loss(pred, target) + wide + extra
+        if rewards is not None and "reward" in out:
+            loss_t = loss_t + F.mse_loss(out["reward"], rewards[:, t])
+        total = total + loss_t
+        step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
+        if free:
+            frame = pred
+            emb = model.embed(c) if dyn.predict == "motion" else e + (model.embed(c) - e).detach()
+        else:
+            frame, emb = target, model.embed(codes[:, t + 1])
+    loss = total / (T - 1)
+    return loss, {"loss": loss.item(), "step_mse": step_mse}
