@@ -1,0 +1,389 @@
+"""Rollout evaluation of a trained SharpWorldModelV2: per-step curves beside baselines.
+
+    python evaluation/eval_sharp.py                                   # checkpoints/sharp_v2/latest.pt
+    python evaluation/eval_sharp.py --checkpoint=checkpoints/RUN/latest.pt --dataset=pendulum
+    python evaluation/eval_sharp.py --data=path/to/test.npy --num_sequences=64 --device=cpu
+
+Feeds `context` ground-truth frames, rolls the model out for `horizon` frames (and for
+`long_horizon` frames when the sequences are long enough), and scores every predicted
+step with evaluation/metrics.py against the copy-last-frame and all-zeros baselines.
+Writes into `out_dir` (default results/<run>/eval/):
+    autoregressive_rollout.png   truth / prediction / copy-last / |error| for example sequences
+    rollout.gif                  truth | prediction, animated over context + horizon
+    per_step_metrics.png         MSE, MAE, SSIM, PSNR, two sharpness ratios (and body-position error) per step
+    metrics.json                 settings, per-step arrays and means for model and baselines
+and prints a per-step table. Body-position error is added when the data has a
+`<split>_states.npz` with `pos` beside it (DESIGN.md "Data format").
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import utils  # noqa: E402  (import before torch: sets OMP/malloc tuning)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
+from evaluation import metrics as M  # noqa: E402
+from training.world_model import SharpWorldModelV2  # noqa: E402
+
+CONFIG = dict(
+    checkpoint="",         # default: checkpoints/sharp_v2/latest.pt (what train_sharp_v2.py saves)
+    dataset="",            # dataset name under data/; default: the checkpoint config's 'dataset'
+    data="",               # path to any uint8 (N, T, H, W) .npy; overrides `dataset`
+    split="test",          # which split of `dataset` to evaluate
+    num_sequences=256,     # the first N sequences of the split
+    context=10,            # ground-truth frames fed to the model
+    horizon=10,            # predicted frames scored in the main evaluation
+    long_horizon=30,       # a longer rollout, run only when T >= context + long_horizon (0: off)
+    batch_size=32,
+    device="auto",         # auto | cpu | cuda | mps
+    out_dir="",            # default: results/<run>/eval
+    json_path="",          # default: <out_dir>/metrics.json
+    examples=3,            # sequences shown in the PNG (and the GIF)
+    seed=0,                # picks the example sequences
+)
+DEFAULT_CHECKPOINT = utils.REPO_ROOT / "checkpoints" / "sharp_v2" / "latest.pt"
+NAMES = ("model", "copy_last", "blank")
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------
+def load_model(path: Path, device: torch.device):
+    ckpt = utils.load_checkpoint(path)  # SystemExit with one line when missing / corrupt
+    if "model_config" not in ckpt or "model" not in ckpt:
+        raise SystemExit(f"error: {path} is not a world-model checkpoint (no 'model_config'/'model'); "
+                         f"pass the checkpoint written by training/train_sharp_v2.py")
+    try:
+        model = SharpWorldModelV2(**ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}); "
+                         f"was it written by an older version? retrain it") from None
+    if model.config.get("action_dim", 0):
+        raise SystemExit(f"error: {path} is an action-conditioned model (action_dim="
+                         f"{model.config['action_dim']}); eval_sharp evaluates action-free video models")
+    return model.to(device).eval(), ckpt
+
+
+def load_frames(cfg: dict, ckpt_config: dict):
+    """-> (frames uint8 (N, T, H, W), description, path of the states .npz beside them)."""
+    try:
+        if cfg["data"]:
+            frames = load_sequences(cfg["data"])
+            name = cfg["data"]
+        else:
+            name = cfg["dataset"] or ckpt_config.get("dataset", "")
+            if not name:
+                raise SystemExit("error: the checkpoint does not name its dataset; pass --dataset=NAME or --data=PATH")
+            frames = load_split(name, cfg["split"])
+    except (DatasetError, FileNotFoundError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise SystemExit(f"error: {msg}") from None
+    # <split>.npy sits beside <split>_states.npz (DESIGN.md "Data format"); the memmap knows its file.
+    source = Path(getattr(frames, "filename", None) or cfg["data"] or ".")
+    return frames, str(name), source.with_name(f"{source.stem}_states.npz")
+
+
+def load_positions(states_path: Path, n: int, T: int):
+    """True body centres (n, T, K, 2) from a states .npz, or None when there are none."""
+    if states_path is None or not Path(states_path).is_file():
+        return None
+    try:
+        with np.load(states_path, allow_pickle=False) as z:
+            if "pos" not in z.files:
+                return None
+            pos = np.asarray(z["pos"][:n], dtype=np.float32)
+    except Exception as exc:
+        print(f"note: {states_path} unreadable ({type(exc).__name__}); no position error")
+        return None
+    if pos.ndim != 4 or pos.shape[0] != n or pos.shape[1] != T or pos.shape[3] != 2 or pos.shape[2] > 6:
+        print(f"note: {states_path} 'pos' has shape {pos.shape}; no position error")
+        return None
+    return pos
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------
+class PositionError:
+    """Per-step body-position error (pixels) accumulated over batches. Frames where a
+    body could not be found (blank prediction) are skipped, so the blank baseline has
+    no value; the mean over found bodies is what is reported."""
+
+    def __init__(self, steps: int):
+        self.sum = np.zeros(steps)
+        self.count = np.zeros(steps)
+
+    def update(self, pred: torch.Tensor, true_pos: np.ndarray):
+        K = true_pos.shape[2]
+        est = M.object_positions(pred[:, :, 0], K)                      # (B, T, K, 2)
+        err = M.position_error(est, torch.from_numpy(true_pos)).cpu().numpy().astype(np.float64)
+        ok = np.isfinite(err)
+        self.sum += np.where(ok, err, 0).sum(0)
+        self.count += ok.sum(0)
+
+    def compute(self):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
+
+
+@torch.no_grad()
+def evaluate(model, frames, positions, cfg, device, example_ids):
+    """Roll out over all sequences; returns per-step results, long-rollout results (or
+    None) and the example sequences (truth, prediction) on the CPU."""
+    n, T = frames.shape[:2]
+    ctx, hor = cfg["context"], cfg["horizon"]
+    long_h = cfg["long_horizon"] if cfg["long_horizon"] > hor and T >= ctx + cfg["long_horizon"] else 0
+    steps = max(hor, long_h)   # one rollout; the main horizon is its prefix (rollouts are deterministic)
+    short = {k: M.StepMetrics() for k in NAMES}
+    long = {k: M.StepMetrics() for k in NAMES} if long_h else None
+    pos_short = {k: PositionError(hor) for k in NAMES} if positions is not None else None
+    pos_long = {k: PositionError(long_h) for k in NAMES} if positions is not None and long_h else None
+    examples = {"truth": [], "pred": []}
+    bs = cfg["batch_size"]
+    for start in range(0, n, bs):
+        idx = np.arange(start, min(start + bs, n))
+        x = torch.from_numpy(np.array(frames[idx[0]:idx[-1] + 1, :ctx + steps]))  # copy: memmaps are read-only
+        x = x.to(device).float().div_(255.0).unsqueeze(2)          # (B, ctx+steps, 1, H, W)
+        context, truth = x[:, :ctx], x[:, ctx:]
+        with utils.autocast(device):
+            pred = model.rollout(context, steps)
+        pred = pred.float().clamp(0, 1)
+        preds = {"model": pred, **M.baselines(context, truth)}
+        for name, p in preds.items():
+            short[name].update(p[:, :hor], truth[:, :hor])
+            if long is not None:
+                long[name].update(p, truth)
+            if pos_short is not None:
+                true_pos = positions[idx[0]:idx[-1] + 1, ctx:ctx + steps]
+                pos_short[name].update(p[:, :hor], true_pos[:, :hor])
+                if pos_long is not None:
+                    pos_long[name].update(p, true_pos)
+        keep = [i - start for i in example_ids if start <= i < start + len(idx)]
+        if keep:
+            examples["truth"].append(x[keep, :ctx + hor, 0].cpu())
+            examples["pred"].append(pred[keep, :hor, 0].cpu())
+        print(f"\r  evaluated {idx[-1] + 1}/{n} sequences", end="", flush=True)
+    print()
+
+    def gather(acc, pos):
+        out = {}
+        for name in NAMES:
+            per_step = acc[name].compute()
+            if pos is not None:
+                per_step["position_error"] = pos[name].compute()
+            out[name] = per_step
+        return out
+
+    results = gather(short, pos_short)
+    long_results = gather(long, pos_long) if long is not None else None
+    ex = {k: torch.cat(v) for k, v in examples.items()}
+    return results, long_results, long_h, ex
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------
+def print_table(results: dict, title: str, per_table: int = 4):
+    """Per-step values and their mean, model | copy-last | blank, `per_table` metrics at a time."""
+    all_metrics = list(results["model"])
+    steps = len(results["model"]["mse"])
+    means = {n: M.summarize(results[n]) for n in NAMES}
+    print(f"\n{title}")
+    for i in range(0, len(all_metrics), per_table):
+        names = all_metrics[i:i + per_table]
+        print(f"{'step':>5} | " + " | ".join(f"{m:^26}" for m in names))
+        print(f"{'':>5} | " + " | ".join(f"{'model':>8} {'copy':>8} {'blank':>8}" for _ in names))
+        rows = [(str(t + 1), {m: [results[n][m][t] for n in NAMES] for m in names}) for t in range(steps)]
+        rows.append(("mean", {m: [means[n][m] for n in NAMES] for m in names}))
+        for label, vals in rows:
+            print(f"{label:>5} | " + " | ".join(" ".join(_fmt(v, m) for v in vals[m]) for m in names))
+        print()
+
+
+def _fmt(v: float, metric: str) -> str:
+    if not np.isfinite(v):
+        return f"{'-':>8}"
+    digits = {"mse": 1, "mae": 1, "psnr": 2, "position_error": 2}.get(metric, 3)
+    return f"{v:8.{digits}f}"
+
+
+def plot_rollout(ex: dict, ctx: int, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth, pred = ex["truth"].float().numpy(), ex["pred"].float().numpy()   # (E, ctx+hor, H, W), (E, hor, H, W)
+    E, total = truth.shape[:2]
+    hor = total - ctx
+    rows = ("ground truth", "prediction", "copy last", "|error|")
+    fig, axes = plt.subplots(4 * E, total, figsize=(0.75 * total + 1.2, 0.8 * 4 * E + 0.3), squeeze=False)
+    for e in range(E):
+        future = truth[e, ctx:]
+        panels = [truth[e], pred[e], np.repeat(truth[e, ctx - 1:ctx], hor, 0), np.abs(pred[e] - future)]
+        for r, (label, imgs) in enumerate(zip(rows, panels)):
+            for c in range(total):
+                ax = axes[4 * e + r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for s in ax.spines.values():
+                    s.set_visible(False)
+                if c < ctx and r > 0:
+                    ax.set_facecolor("white")
+                    continue
+                img = imgs[c] if r == 0 else imgs[c - ctx]
+                ax.imshow(img, cmap="magma" if r == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+                if e == 0 and r == 0:
+                    t = c - ctx + 1
+                    ax.set_title(f"t{t:+d}" if t < 0 else f"t{t}" if c < ctx else f"t+{t}", fontsize=7,
+                                 color="0.6" if c < ctx else "black")
+            axes[4 * e + r, 0].set_ylabel(f"#{e + 1} {label}" if r == 0 else label, fontsize=7,
+                                          rotation=0, ha="right", va="center")
+    fig.suptitle(f"Autoregressive rollout: {ctx} context frames (grey) -> {hor} predicted", fontsize=9)
+    fig.subplots_adjust(wspace=0.04, hspace=0.08)
+    utils.save_figure(fig, path)
+
+
+def write_gif(ex: dict, ctx: int, path: Path, scale: int = 2, ms_per_frame: int = 250):
+    """truth | prediction side by side per example (stacked vertically), x`scale`.
+    A bar under each prediction panel is grey during the context, green once predicting."""
+    from PIL import Image
+
+    truth = (ex["truth"].float().numpy() * 255).round().astype(np.uint8)   # (E, ctx+hor, H, W)
+    pred = (ex["pred"].float().numpy() * 255).round().astype(np.uint8)     # (E, hor, H, W)
+    E, total, H, W = truth.shape
+    gap, bar = 2, 3
+    images = []
+    for t in range(total):
+        canvas = np.full((E * (H + bar + gap), 2 * W + gap, 3), 40, np.uint8)
+        for e in range(E):
+            y = e * (H + bar + gap)
+            right = truth[e, t] if t < ctx else pred[e, t - ctx]
+            canvas[y:y + H, :W] = truth[e, t][..., None]
+            canvas[y:y + H, W + gap:] = right[..., None]
+            canvas[y + H:y + H + bar, W + gap:] = (128, 128, 128) if t < ctx else (60, 200, 90)
+        big = canvas.repeat(scale, 0).repeat(scale, 1)
+        images.append(Image.fromarray(big))
+    with utils.atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=ms_per_frame, loop=0)
+
+
+def plot_metrics(results: dict, long_results, path: Path, ctx: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    src = long_results or results
+    names = list(src["model"])
+    labels = {"mse": "MSE (sum over pixels)", "mae": "MAE (sum over pixels)", "ssim": "SSIM",
+              "psnr": "PSNR (dB)", "sharpness": "sharpness: mean |grad| pred / truth",
+              "sharpness_energy": "sharpness: mean |grad|^2 pred / truth",
+              "position_error": "body position error (px)"}
+    order = [m for m in ("mse", "mae", "ssim", "psnr", "sharpness", "sharpness_energy", "position_error")
+             if m in names]
+    styles = {"model": dict(color="C0", marker="o"), "copy_last": dict(color="C1", ls="--"),
+              "blank": dict(color="0.5", ls=":")}
+    ncol = 3
+    nrow = (len(order) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+    for ax, m in zip(axes.flat, order):
+        for n in NAMES:
+            v = np.asarray(src[n][m])
+            steps = np.arange(1, len(v) + 1)
+            ax.plot(steps, v, label=n.replace("_", "-"), ms=3, lw=1.4, **styles[n])
+        if long_results is not None:
+            ax.axvline(len(results["model"][m]) + 0.5, color="0.8", lw=0.8)
+        if m.startswith("sharpness"):
+            ax.axhline(1.0, color="k", lw=0.6, alpha=0.5)
+        ax.set_title(labels[m], fontsize=9)
+        ax.set_xlabel(f"predicted step (after {ctx} context frames)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Per-step metrics: model vs copy-last-frame and all-zeros baselines", fontsize=10)
+    fig.tight_layout()
+    utils.save_figure(fig, path)
+
+
+def to_json(results: dict) -> dict:
+    """{name: {metric: [...]}} -> the same plus {name: {'mean': {metric: float}}}, NaN -> None."""
+    def clean(v):
+        return None if not np.isfinite(v) else float(v)
+    out = {}
+    for n in NAMES:
+        out[n] = {m: [clean(x) for x in v] for m, v in results[n].items()}
+        out[n]["mean"] = {m: clean(v) for m, v in M.summarize(results[n]).items()}
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+def main():
+    cfg = utils.parse_overrides(CONFIG)
+    for key in ("num_sequences", "context", "horizon", "batch_size", "examples"):
+        if cfg[key] < 1:
+            raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
+    device = utils.pick_device(cfg["device"])
+    utils.seed_everything(cfg["seed"])
+
+    ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
+    model, ckpt = load_model(ckpt_path, device)
+    ckpt_config = ckpt.get("config") or {}
+    run = ckpt_config.get("run") or "sharp_v2"
+    out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "eval"
+    json_path = Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "metrics.json"
+
+    frames, data_name, states_path = load_frames(cfg, ckpt_config)
+    n_all, T, H, W = frames.shape
+    size = model.config["image_size"]
+    if (H, W) != (size, size):
+        raise SystemExit(f"error: {data_name} has {H}x{W} frames but the model takes {size}x{size}; "
+                         f"regenerate the data with --size {size}")
+    ctx, hor = cfg["context"], cfg["horizon"]
+    if T < ctx + hor:
+        raise SystemExit(f"error: {data_name} has sequences of {T} frames, fewer than context + horizon = "
+                         f"{ctx + hor}; lower --context/--horizon or regenerate with --frames {ctx + hor}")
+    n = min(cfg["num_sequences"], n_all)
+    frames = frames[:n]
+    positions = load_positions(states_path, n, T)
+    if cfg["long_horizon"] > hor and T < ctx + cfg["long_horizon"]:
+        print(f"note: long rollout skipped: sequences have {T} frames, it needs context + long_horizon = "
+              f"{ctx + cfg['long_horizon']} (generate data with --frames {ctx + cfg['long_horizon']})")
+    rng = np.random.default_rng(cfg["seed"])
+    example_ids = sorted(rng.choice(n, size=min(cfg["examples"], n), replace=False).tolist())
+
+    print(f"evaluating {ckpt_path} on {data_name} ({n} sequences, {ctx} context -> {hor} predicted)")
+    results, long_results, long_h, ex = evaluate(model, frames, positions, cfg, device, example_ids)
+
+    print_table(results, f"per-step metrics, {ctx} -> {hor} (model | copy-last | blank)")
+    if long_results is not None:
+        print_table(long_results, f"long rollout, {ctx} -> {long_h}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_rollout(ex, ctx, out_dir / "autoregressive_rollout.png")
+    write_gif(ex, ctx, out_dir / "rollout.gif")
+    plot_metrics(results, long_results, out_dir / "per_step_metrics.png", ctx)
+
+    summary = {
+        "config": cfg, "checkpoint": str(ckpt_path), "run": run, "dataset": data_name,
+        "num_sequences": n, "frames_per_sequence": T, "context": ctx, "horizon": hor,
+        "device": str(device), "model_config": model.config, "example_sequences": example_ids,
+        "position_error": positions is not None,
+        **to_json(results),
+    }
+    if long_results is not None:
+        summary["long"] = {"horizon": long_h, **to_json(long_results)}
+    utils.save_json(summary, json_path)
+    m, c = M.summarize(results["model"]), M.summarize(results["copy_last"])
+    print(f"\nmean over {hor} steps: model MSE {m['mse']:.1f} vs copy-last {c['mse']:.1f}, "
+          f"SSIM {m['ssim']:.3f} vs {c['ssim']:.3f}, sharpness {m['sharpness']:.2f}")
+    print(f"wrote {out_dir}/{{autoregressive_rollout.png, rollout.gif, per_step_metrics.png}} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()
