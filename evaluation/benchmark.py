@@ -1,0 +1,184 @@
+"""Speed and quality benchmarks: each section prints a table and writes
+results/benchmark/<section>.json (plus its charts).
+
+    python evaluation/benchmark.py --section data              # generate all 40k sequences, timed
+    python evaluation/benchmark.py --section data --scale 0.1  # a 4k-sequence quick run
+    python evaluation/benchmark.py --section all
+
+Sections register themselves in SECTIONS with @section("name"); a section function takes the
+parsed arguments and returns a JSON-able dict whose "rows" (a list of flat dicts) is printed
+as the table. Add a model section by writing one such function.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import utils  # noqa: E402  (import before torch: sets OMP/malloc tuning)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SECTIONS = {}
+DEFAULT_OUT = utils.REPO_ROOT / "results" / "benchmark"
+
+
+def section(name):
+    """Register a benchmark section: fn(args) -> {"rows": [...], ...}."""
+    def register(fn):
+        SECTIONS[name] = fn
+        return fn
+    return register
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu_count": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_5m_15m"] = [round(x, 2) for x in os.getloadavg()]  # other jobs sharing the CPUs
+    return info
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    text = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for t in text:
+        print("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(t, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# --- data: dataset generation throughput ---------------------------------------------------------
+@section("data")
+def bench_data(args) -> dict:
+    """Run the CLIs' generation function for all ten datasets into a temporary folder."""
+    from data_utils import generate
+
+    names = list(generate.DATASET_NAMES)
+    scale = float(args.scale)
+    workers = args.workers or generate.default_workers()
+    nums = {n: None if scale == 1.0 else max(2, int(round(generate.FULL_COUNTS[n] * scale))) for n in names}
+    # Digits as the real CLI finds them (default data/mnist_raw), so both runs do the same work.
+    options = {"mnist_root": args.mnist_root or str(generate.DEFAULT_OUT / "mnist_raw")}
+    machine = machine_info()  # before the run: the load average then is other jobs' alone
+    with tempfile.TemporaryDirectory(prefix="vpwm-bench-data-") as tmp:
+        t0 = time.perf_counter()
+        stats = _generate_all(generate, names, nums, workers, Path(tmp), options, args)
+        total_s = time.perf_counter() - t0
+        disk_mb = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()) / 2**20
+    rows = [{"dataset": s["name"], "sequences": s["sequences"], "seconds": s["seconds"],
+             "seq_per_s": s["seq_per_s"], "workers": s["workers"]} for s in stats]
+    total_n = sum(s["sequences"] for s in stats)
+    rows.append({"dataset": "TOTAL", "sequences": total_n, "seconds": round(total_s, 2),
+                 "seq_per_s": round(total_n / total_s, 1), "workers": workers})
+    result = {
+        "section": "data",
+        "what": "wall time of data_utils.generate.generate_datasets for all ten datasets (simulate, render, "
+                "write .npy/.npz/meta.json, previews), into a temporary folder; excludes interpreter start-up",
+        "scale": scale, "frames": args.frames, "size": args.size, "workers": workers,
+        "total_sequences": total_n, "total_seconds": round(total_s, 2), "disk_MiB": round(disk_mb, 1),
+        "target_seconds_full_40k": 60,
+        "digit_source": next((s.get("digit_source") for s in stats if "digit_source" in s), None),
+        "rows": rows, "machine": machine, "command": "python " + " ".join(map(shlex.quote, sys.argv)),
+    }
+    _throughput_chart(rows[:-1], result, Path(args.out) / "data_throughput.png")
+    return result
+
+
+def _generate_all(generate, names, nums, workers, tmp, options, args):
+    """generate.generate_datasets, but with a count per dataset (one pool for the whole run, like the CLIs)."""
+    import multiprocessing as mp
+
+    pool = mp.get_context().Pool(workers) if workers > 1 else None
+    out = []
+    try:
+        for name in names:
+            s = generate.generate_dataset(name, num=nums[name], frames=args.frames, size=args.size, seed=0,
+                                          out=tmp, pool=pool, workers=workers, options=options)
+            print(f"{name}: {s['sequences']} sequences in {s['seconds']:.2f} s = {s['seq_per_s']:.0f} seq/s",
+                  flush=True)
+            out.append(s)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return out
+
+
+def _throughput_chart(rows: list[dict], result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r["dataset"] for r in rows]
+    ax.barh(names[::-1], [r["seq_per_s"] for r in rows][::-1], color="tab:blue")
+    ax.set_xlabel("sequences / s")
+    m = result["machine"]
+    ax.set_title(f"dataset generation: {result['total_sequences']} sequences in {result['total_seconds']:.1f} s "
+                 f"({result['workers']} workers, {m['cpu_count']} CPUs)", fontsize=9)
+    utils.save_figure(fig, path)
+
+
+# --- driver ----------------------------------------------------------------------------------------
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python evaluation/benchmark.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--section", default="all", help=f"one of {', '.join(SECTIONS)}, or all")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for <section>.json and charts")
+    parser.add_argument("--scale", type=float, default=1.0, help="data: fraction of the full dataset sizes")
+    parser.add_argument("--workers", type=int, default=None, help="data: worker processes (default min(2, cpus))")
+    parser.add_argument("--mnist-root", default=None, help="data: MNIST folder (default data/mnist_raw)")
+    parser.add_argument("--frames", type=int, default=20, help="data: frames per sequence")
+    parser.add_argument("--size", type=int, default=64, help="data: frame size")
+    args = parser.parse_args(argv)
+    if args.section != "all" and args.section not in SECTIONS:
+        raise SystemExit(f"error: unknown section '{args.section}'; valid: {', '.join(SECTIONS)}, all")
+    if not 0 < args.scale <= 1:
+        raise SystemExit(f"error: --scale must be in (0, 1], got {args.scale}")
+    todo = list(SECTIONS) if args.section == "all" else [args.section]
+    results = {}
+    for name in todo:
+        print(f"== benchmark section: {name}", flush=True)
+        res = SECTIONS[name](args)
+        print_table(res.get("rows", []))
+        path = Path(args.out) / f"{name}.json"
+        utils.save_json(res, path)
+        print(f"wrote {path}")
+        results[name] = res
+    return results
+
+
+if __name__ == "__main__":
+    main()
