@@ -40,16 +40,16 @@ CONFIG = dict(
     channels=64,               # tokenizer width (32x32 stage; the 16x16 stage has 2x)
     code_dim=64,               # codebook vector size
     num_codes=512,             # codebook size
-    hidden=96,                 # ConvGRU channels
+    hidden=64,                 # ConvGRU channels
     layers=2,                  # stacked ConvGRU cells
     predict="motion",          # motion (warp + re-tokenise) | embedding (regress next codes)
     # --- tokenizer phase -----------------------------------------------------------------
-    tok_steps=1500,            # optimiser steps on random frames
+    tok_steps=1200,            # optimiser steps on random frames
     tok_batch=64,              # frames per step
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
     dyn_sequences=3000,        # training clips whose codes are cached (0 = all)
-    dyn_steps=1000,            # optimiser steps
+    dyn_steps=600,             # optimiser steps
     dyn_batch=16,              # clips per step
     dyn_lr=1e-3,
     context=10,                # observed frames; the rest of each clip is predicted
@@ -58,7 +58,19 @@ CONFIG = dict(
     eval_sequences=256,        # test clips for the final 10 -> 10 numbers
     log_every=25,
     ckpt_every=100,            # steps between checkpoints (each phase)
+    out_root="",               # '' = the repo: checkpoints/<run>/ and results/<run>/ go under it
+    stop_after=0,              # > 0: stop after this many optimiser steps, as a kill would (tests resume)
 )
+
+
+class Interrupted(Exception):
+    """Raised by --stop_after to imitate a killed run."""
+
+
+def count_step(cfg, counter):
+    counter[0] += 1
+    if cfg["stop_after"] and counter[0] >= cfg["stop_after"]:
+        raise Interrupted
 
 
 def to_float(batch_u8: np.ndarray, device) -> torch.Tensor:
@@ -78,7 +90,7 @@ def check_finite(loss, phase, step, ckpt_path):
                          f"{ckpt_path} - lower the learning rate (--tok_lr / --dyn_lr) and rerun with --resume")
 
 
-def train_tokenizer(cfg, model, train, device, ckpt_path, state):
+def train_tokenizer(cfg, model, train, device, ckpt_path, state, counter):
     """Phase 1: reconstruct random single frames."""
     opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg["tok_lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["tok_lr"], total_steps=cfg["tok_steps"], pct_start=0.05)
@@ -111,6 +123,7 @@ def train_tokenizer(cfg, model, train, device, ckpt_path, state):
                             usage=f"{logs['usage']:.2f}")
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(ckpt_path, cfg, model, opt, "tokenizer", step + 1, history)
+        count_step(cfg, counter)
     save_state(ckpt_path, cfg, model, None, "codes", 0, history)
     return history
 
@@ -137,7 +150,7 @@ def cache_codes(cfg, model, clips, device, path):
     return codes
 
 
-def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history):
+def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history, counter):
     """Phase 3: unrolled dynamics training on cached codes, tokenizer frozen."""
     model.tokenizer.requires_grad_(False)
     model.tokenizer.eval()
@@ -174,6 +187,7 @@ def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history):
                             mse_first=f"{future[0]:.0f}", mse_last=f"{future[-1]:.0f}")
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(ckpt_path, cfg, model, opt, "dynamics", step + 1, history)
+        count_step(cfg, counter)
     save_state(ckpt_path, cfg, model, None, "done", cfg["dyn_steps"], history)
     return history
 
@@ -266,8 +280,8 @@ def main():
         raise SystemExit(f"error: --predict must be motion or embedding, got '{cfg['predict']}'")
     utils.seed_everything(cfg["seed"])
     device = utils.pick_device(cfg["device"])
-    ckpt_dir = utils.REPO_ROOT / "checkpoints" / cfg["run"]
-    out_dir = utils.REPO_ROOT / "results" / cfg["run"]
+    base = Path(cfg["out_root"]) if cfg["out_root"] else utils.REPO_ROOT
+    ckpt_dir, out_dir = base / "checkpoints" / cfg["run"], base / "results" / cfg["run"]
     ckpt_path = ckpt_dir / "latest.pt"
     root = cfg["data_root"] or None
     try:
@@ -298,19 +312,24 @@ def main():
     times = {}
     phase = state["phase"] if state else "tokenizer"
     history = state["history"] if state else {"tokenizer": [], "dynamics": []}
-    if phase == "tokenizer":
-        history = train_tokenizer(cfg, model, train, device, ckpt_path, state)
-        state, phase = None, "codes"
-    times["tokenizer_s"] = time.time() - t0
+    counter = [0]
+    try:
+        if phase == "tokenizer":
+            history = train_tokenizer(cfg, model, train, device, ckpt_path, state, counter)
+            state, phase = None, "codes"
+        times["tokenizer_s"] = time.time() - t0
 
-    n = cfg["dyn_sequences"] or train.shape[0]
-    clips = np.asarray(train[:n])
-    codes = cache_codes(cfg, model, clips, device, ckpt_dir / "codes.npy")
-    times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
-    if phase in ("codes", "dynamics"):
-        history = train_dynamics(cfg, model, clips, codes, device, ckpt_path,
-                                 state if phase == "dynamics" else None, history)
-    times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
+        n = cfg["dyn_sequences"] or train.shape[0]
+        clips = np.asarray(train[:n])
+        codes = cache_codes(cfg, model, clips, device, ckpt_dir / "codes.npy")
+        times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
+        if phase in ("codes", "dynamics"):
+            history = train_dynamics(cfg, model, clips, codes, device, ckpt_path,
+                                     state if phase == "dynamics" else None, history, counter)
+        times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
+    except Interrupted:
+        print(f"stopped after {counter[0]} steps (--stop_after); continue with --resume")
+        return
 
     result, examples = evaluate(cfg, model, test, device)
     result["wall_seconds_this_invocation"] = times

@@ -1,0 +1,75 @@
+"""training/train_sharp_v2.py end to end as a subprocess with tiny settings: outputs,
+kill-and-resume reproducing an uninterrupted run, and clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1",
+        "--tok_steps=6", "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=2", "--dyn_sequences=6",
+        "--context=4", "--eval_sequences=4", "--ckpt_every=2", "--log_every=1"]
+
+
+def run(args, check=True):
+    env = dict(os.environ, VPWM_DEVICE="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    run(["data_utils/generate_physics_data.py", "--dataset", "bouncing_balls", "--num", "20", "--frames", "8",
+         "--out", str(root), "--no-preview", "--workers", "1"])
+    return root
+
+
+def train(data_root, out_root, run_name, *extra, check=True):
+    return run(["training/train_sharp_v2.py", f"--run={run_name}", "--dataset=bouncing_balls",
+                f"--data_root={data_root}", f"--out_root={out_root}", *TINY, *extra], check=check)
+
+
+def test_train_writes_outputs(data_root, tmp_path):
+    train(data_root, tmp_path, "a")
+    res = tmp_path / "results" / "a"
+    for name in ("sharp_model_v2_result.png", "training_curves.png", "metrics.json", "config.json"):
+        assert (res / name).stat().st_size > 0, name
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert len(metrics["model"]["mse"]) == 4 and set(metrics["means"]) == {"model", "copy_last", "blank"}
+    ckpt = torch.load(tmp_path / "checkpoints" / "a" / "latest.pt", weights_only=True)
+    assert ckpt["phase"] == "done" and ckpt["config"]["hidden"] == 8 and ckpt["model_config"]["hidden"] == 8
+    # The checkpoint is usable by the evaluation script.
+    run(["evaluation/eval_sharp.py", f"--checkpoint={tmp_path / 'checkpoints' / 'a' / 'latest.pt'}",
+         f"--data={data_root / 'bouncing_balls' / 'test.npy'}", "--context=4", "--horizon=4",
+         "--num_sequences=2", "--batch_size=2", f"--out_dir={tmp_path / 'eval'}"])
+    assert (tmp_path / "eval" / "autoregressive_rollout.png").exists()
+
+
+@pytest.mark.parametrize("stop_after", [3, 8])  # killed in the tokenizer phase / in the dynamics phase
+def test_kill_and_resume_matches_uninterrupted_run(data_root, tmp_path, stop_after):
+    train(data_root, tmp_path, "full")
+    out = train(data_root, tmp_path, "killed", f"--stop_after={stop_after}")
+    assert "--resume" in out.stdout
+    partial = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)
+    assert partial["phase"] in ("tokenizer", "dynamics") and partial["phase"] != "done"
+    train(data_root, tmp_path, "killed", "--resume")
+    a = torch.load(tmp_path / "checkpoints" / "full" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_clear_errors(data_root, tmp_path):
+    proc = train(tmp_path / "nowhere", tmp_path, "x", check=False)
+    assert proc.returncode != 0 and "generate_physics_data.py --dataset bouncing_balls" in proc.stderr
+    proc = train(data_root, tmp_path, "x", "--hiden=3", check=False)
+    assert proc.returncode != 0 and "did you mean --hidden" in proc.stderr
+    proc = train(data_root, tmp_path, "x", "--resume", check=False)
+    assert proc.returncode != 0 and "drop --resume" in proc.stderr
