@@ -136,7 +136,7 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     head_name = "motion head (px/frame)" if dyn.predict == "motion" else "next-embedding head"
     blocks.append(("dynamics", head_name, describe(dyn.head), shape_text(rec.shapes[dyn.head]), n(dyn.head)))
     if dyn.predict == "motion":
-        blocks.append(("warp", "warp", "decoded frame moved by d", shape_text(warp_shapes[0]), 0))
+        blocks.append(("warp", "warp", "last seen frame, summed d", shape_text(warp_shapes[0]), 0))
         blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
     else:
         blocks.append(("warp", "snap", "nearest codebook entry", "codes " + shape_text(rec.shapes[q]), 0))
@@ -199,7 +199,7 @@ def draw(blocks, totals, reward, predict: str, model_config: dict, path: Path, s
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, lw=1.2, color="0.25"))
     # The autoregressive loop: the predicted frame becomes the next step's input.
     xa, ya, _ = centres[-1]
-    loop = ("loop: the next frame is the next warp's input; its codes feed the next dynamics step"
+    loop = ("loop: the next frame's codes feed the next dynamics step; each warp starts from the last observed frame"
             if predict == "motion" else "loop: the next frame's codes feed the next dynamics step")
     ax.annotate(loop,
                 xy=(xa + bw / 2, ya - 0.05), xytext=(xa + bw / 2, ya - 0.55), ha="center", fontsize=7.5,

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from training.world_model import (ConvGRUCell, SharpWorldModelV2, VectorQuantizer, dynamics_loss,
-                                  tokenizer_loss, warp)
+                                  compose_motion, tokenizer_loss, warp)
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
 
@@ -79,6 +79,22 @@ def test_warp_moves_content_by_whole_pixels():
     motion[:, 1] = -2.0  # y - 2
     out = warp(img, motion)
     assert out[0, 0, 3, 7] > 0.99 and out.sum() > 0.99
+
+
+def test_composed_motion_equals_successive_warps():
+    # Two steps of a field that is (+2, 0) on the left half and (0, +3) on the right:
+    # warping once by the composition must equal warping twice.
+    img = torch.zeros(1, 1, 32, 32)
+    img[0, 0, 4:8, 4:8] = 1.0      # a square on the left
+    img[0, 0, 4:8, 22:26] = 0.5    # a dimmer square on the right
+    step = torch.zeros(1, 2, 8, 8)
+    step[:, 0, :, :4] = 2.0
+    step[:, 1, :, 4:] = 3.0
+    total = compose_motion(compose_motion(None, step, 32), step, 32)
+    once = warp(img, total)
+    twice = warp(warp(img, step), step)
+    assert torch.allclose(once, twice, atol=1e-5)
+    assert once[0, 0, 4:8, 8:12].min() > 0.99 and once[0, 0, 10:14, 22:26].min() > 0.49
 
 
 def test_rollout_shapes_range_and_actions():

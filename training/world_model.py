@@ -275,6 +275,21 @@ def warp(frames: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(frames.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def compose_motion(total: torch.Tensor | None, step: torch.Tensor, size: int) -> torch.Tensor:
+    """Accumulate per-frame displacements into one displacement from an anchor frame.
+
+    Backward warps compose as D'(p) = d(p) + D(p - d(p)): the pixel at p came from
+    p - d(p) one frame ago, which came from (p - d(p)) - D(p - d(p)) in the anchor.
+    total (B, 2, H, W) or None (no motion yet); step (B, 2, h, w) pixels/frame.
+    Returns (B, 2, H, W) at frame resolution `size`.
+
+    Warping the sharp anchor once by the accumulated field, instead of re-warping each
+    predicted frame, keeps bilinear resampling from eroding thin strokes step after
+    step (a re-warped digit lost its edges and became a skeleton within 10 frames)."""
+    d = F.interpolate(step.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return d if total is None else d + warp(total, d)
+
+
 # ----------------------------------------------------------------------------------------
 # The world model
 # ----------------------------------------------------------------------------------------
@@ -334,12 +349,18 @@ class SharpWorldModelV2(nn.Module):
         for t in range(Tc):
             a = actions[:, t] if actions is not None else None
             out, hidden = self.dynamics.step(self.embed(codes[:, t]), hidden, a)
-        return {"hidden": hidden, "frame": self.decode(codes[:, -1]), "codes": codes[:, -1], "out": out}
+        # 'anchor' is the last observed frame itself (sharpest source for motion warps);
+        # 'motion' the displacement accumulated since it (None: none yet).
+        return {"hidden": hidden, "anchor": context[:, -1].float(), "motion": None,
+                "codes": codes[:, -1], "out": out}
 
     def next_frame(self, state, out):
-        """Turn one dynamics output into the next (sharp) frame and its codes."""
+        """Turn one dynamics output into the next (sharp) frame and its codes; updates
+        state['motion'] (motion mode: the anchor warped by the accumulated displacement,
+        then re-tokenised so the frame is decoded from codes)."""
         if self.dynamics.predict == "motion":
-            codes = self.encode(warp(state["frame"], out["motion"]).clamp(0, 1))
+            state["motion"] = compose_motion(state["motion"], out["motion"], state["anchor"].shape[-1])
+            codes = self.encode(warp(state["anchor"], state["motion"]).clamp(0, 1))
         else:
             codes = self.snap(out["embedding"])
         return self.decode(codes), codes
@@ -357,7 +378,7 @@ class SharpWorldModelV2(nn.Module):
             codes.append(c)
             if "reward" in out:
                 rewards.append(out["reward"])
-            state["frame"], state["codes"] = frame, c
+            state["codes"] = c
             if t + 1 < horizon:
                 a = actions[:, t] if actions is not None else None
                 out, state["hidden"] = self.dynamics.step(self.embed(c), state["hidden"], a)
@@ -406,6 +427,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
 
 
+PIXEL_WEIGHT = 0.25   # sharp-pixel MSE; the blurred terms carry most of the signal
+MASS_WEIGHT = 0.1
+
+
 def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
                   teacher_prob: float = 0.0, actions=None, rewards=None):
     """One unrolled training pass of the dynamics over a clip.
@@ -414,7 +439,9 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
     `context` inputs are always the true frames; after that each step's input is the
     true frame with probability `teacher_prob` (scheduled sampling, Bengio et al.
     2015) and otherwise the model's own sharp prediction, so the model is trained on
-    the rollouts it will meet at test time. Loss per predicted frame: pixel MSE plus
+    the rollouts it will meet at test time; in motion mode the warp source stays the
+    last true frame and the displacements accumulate (`compose_motion`), with the
+    gradient flowing through the whole chain. Loss per predicted frame: pixel MSE plus
     a wide-basin term. For motion it compares the warp of a Gaussian-blurred source
     with the blurred target: bilinear warping of a sharp frame at whole-pixel
     offsets has one-sided, mostly zero gradients (a 3-pixel stroke displaced by 4
@@ -423,45 +450,46 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
     Returns (loss, logs) with logs['step_mse'] the per-step error summed over pixels.
     """
     dyn = model.dynamics
-    B, T = frames.shape[:2]
+    B, T, _, H, _ = frames.shape
     hidden = dyn.init_hidden(B, frames.device, model.grid, model.grid)
-    frame, emb = frames[:, 0], model.embed(codes[:, 0])
+    emb = model.embed(codes[:, 0])
+    anchor, motion = frames[:, 0], None   # motion mode: warp source and displacement since it
     total, step_mse = 0.0, []
     for t in range(T - 1):
         a = actions[:, t] if actions is not None else None
         out, hidden = dyn.step(emb, hidden, a)
         target = frames[:, t + 1]
         free = t + 1 >= context and torch.rand(()).item() >= teacher_prob
-        need_codes = t + 1 >= context  # predictions after the context are snapped, as in `imagine`
-        extra = 0.0
         if dyn.predict == "motion":
-            pred = warp(frame, out["motion"]).clamp(0, 1)
-            if need_codes:
-                with torch.no_grad():
-                    c = model.encode(pred)
-                    clean = model.decode(c)
-                pred = pred + (clean - pred).detach()   # forward: snapped frame; backward: identity
+            # As in `imagine`: the anchor warped by the accumulated displacement. The loss
+            # sees the warped frame itself (re-tokenising it is near-identity and has no
+            # gradient); the next input is its codes, exactly what a rollout feeds back.
+            motion = compose_motion(motion, out["motion"], H)
+            pred = warp(anchor, motion).clamp(0, 1)
+            # Wide basins at two widths keep a misplaced stroke cheaper than a deleted
+            # one; the mass term (relative brightness error) makes shrinking or fading
+            # content, the MSE-optimal hedge under uncertainty, cost as much as it hides.
+            wide = sum(F.mse_loss(warp(gaussian_blur(anchor, sg), motion), gaussian_blur(target, sg))
+                       for sg in (2.0, 4.0))
+            mass_t = target.sum((1, 2, 3))
+            extra = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
         else:
             e = out["embedding"]
-            with torch.no_grad():
-                c = model.snap(e)
             target_emb = model.embed(codes[:, t + 1])
             logits = -model.tokenizer.quantizer.distances(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
             extra = F.mse_loss(e, target_emb) + 0.1 * F.cross_entropy(logits, codes[:, t + 1].reshape(-1))
             pred = model.tokenizer.decode_embeddings(e)
-        if dyn.predict == "motion":
-            wide = F.mse_loss(warp(gaussian_blur(frame), out["motion"]), gaussian_blur(target))
-        else:
             wide = F.mse_loss(F.avg_pool2d(pred, 4), F.avg_pool2d(target, 4))
-        loss_t = F.mse_loss(pred, target) + wide + extra
+        loss_t = PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + extra
         if rewards is not None and "reward" in out:
             loss_t = loss_t + F.mse_loss(out["reward"], rewards[:, t])
         total = total + loss_t
         step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
         if free:
-            frame = pred
+            with torch.no_grad():
+                c = model.encode(pred) if dyn.predict == "motion" else model.snap(e)
             emb = model.embed(c) if dyn.predict == "motion" else e + (model.embed(c) - e).detach()
-        else:
-            frame, emb = target, model.embed(codes[:, t + 1])
+        else:   # teacher forcing: the true frame becomes the new anchor
+            anchor, motion, emb = target, None, model.embed(codes[:, t + 1])
     loss = total / (T - 1)
     return loss, {"loss": loss.item(), "step_mse": step_mse}
