@@ -44,12 +44,12 @@ CONFIG = dict(
     layers=2,                  # stacked ConvGRU cells
     predict="motion",          # motion (warp + re-tokenise) | embedding (regress next codes)
     # --- tokenizer phase -----------------------------------------------------------------
-    tok_steps=1200,            # optimiser steps on random frames
+    tok_steps=1000,            # optimiser steps on random frames
     tok_batch=64,              # frames per step
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
-    dyn_sequences=3000,        # training clips whose codes are cached (0 = all)
-    dyn_steps=600,             # optimiser steps
+    dyn_sequences=2000,        # training clips whose codes are cached (0 = all)
+    dyn_steps=450,             # optimiser steps
     dyn_batch=16,              # clips per step
     dyn_lr=1e-3,
     context=10,                # observed frames; the rest of each clip is predicted
@@ -75,7 +75,7 @@ def count_step(cfg, counter):
 
 def to_float(batch_u8: np.ndarray, device) -> torch.Tensor:
     """uint8 (..., H, W) -> float (..., 1, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(batch_u8)).to(device).float().div_(255).unsqueeze(-3)
+    return torch.from_numpy(np.array(batch_u8)).to(device).float().div_(255).unsqueeze(-3)  # copy: memmaps are read-only
 
 
 def save_state(path, cfg, model, opt, phase, step, history):
@@ -90,16 +90,22 @@ def check_finite(loss, phase, step, ckpt_path):
                          f"{ckpt_path} - lower the learning rate (--tok_lr / --dyn_lr) and rerun with --resume")
 
 
+def resume_optimizer(state, phase, opt, sched) -> int:
+    """Restore optimiser and LR schedule when the checkpoint stopped inside `phase`;
+    returns the step to start from (0 for a fresh phase)."""
+    if state is None or state["phase"] != phase:
+        return 0
+    opt.load_state_dict(state["optimizer"])
+    for _ in range(state["step"]):
+        sched.step()
+    return state["step"]
+
+
 def train_tokenizer(cfg, model, train, device, ckpt_path, state, counter):
     """Phase 1: reconstruct random single frames."""
     opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg["tok_lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["tok_lr"], total_steps=cfg["tok_steps"], pct_start=0.05)
-    start = 0
-    if state is not None and state["phase"] == "tokenizer":
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        for _ in range(start):
-            sched.step()
+    start = resume_optimizer(state, "tokenizer", opt, sched)
     history = state["history"] if state is not None else {"tokenizer": [], "dynamics": []}
     N, T = train.shape[:2]
     model.train()
@@ -157,12 +163,7 @@ def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history, 
     model.dynamics.train()
     opt = torch.optim.AdamW(model.dynamics.parameters(), lr=cfg["dyn_lr"], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["dyn_lr"], total_steps=cfg["dyn_steps"], pct_start=0.05)
-    start = 0
-    if state is not None and state["phase"] == "dynamics":
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        for _ in range(start):
-            sched.step()
+    start = resume_optimizer(state, "dynamics", opt, sched)
     N = clips.shape[0]
     anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
     bar = tqdm(range(start, cfg["dyn_steps"]), desc="dynamics", initial=start, total=cfg["dyn_steps"])
@@ -250,7 +251,7 @@ def plot_results(cfg, history, result, examples, out_dir):
                  f"copy-last {m['copy_last']['mse']:.0f}, blank {m['blank']['mse']:.0f}", fontsize=8)
     utils.save_figure(fig, out_dir / "sharp_model_v2_result.png")
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
     tok = history["tokenizer"]
     if tok:
         axes[0].plot([h["step"] for h in tok], [h["psnr"] for h in tok])
@@ -266,7 +267,8 @@ def plot_results(cfg, history, result, examples, out_dir):
                      "--", alpha=0.5, label="teacher forcing (scaled)")
         axes[1].legend(fontsize=7)
         steps = np.arange(1, len(dyn[-1]["rollout_mse"]) + 1)
-        for h in dyn[:: max(1, len(dyn) // 5)] + [dyn[-1]]:
+        shown = dyn[:: max(1, len(dyn) // 5)]
+        for h in shown + ([dyn[-1]] if shown[-1] is not dyn[-1] else []):
             axes[2].plot(steps, h["rollout_mse"], label=f"step {h['step']}")
         axes[2].set(title="train rollout MSE per predicted frame", xlabel="predicted step",
                     ylabel="MSE (sum over pixels)")
