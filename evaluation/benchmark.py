@@ -3,6 +3,7 @@ results/benchmark/<section>.json (plus its charts).
 
     python evaluation/benchmark.py --section data              # generate all 40k sequences, timed
     python evaluation/benchmark.py --section data --scale 0.1  # a 4k-sequence quick run
+    python evaluation/benchmark.py --section model             # tokenizer / dynamics training speed
     python evaluation/benchmark.py --section all
 
 Sections register themselves in SECTIONS with @section("name"); a section function takes the
@@ -152,6 +153,108 @@ def _throughput_chart(rows: list[dict], result: dict, path: Path) -> None:
     utils.save_figure(fig, path)
 
 
+# --- model: world-model training throughput ---------------------------------------------------
+@section("model")
+def bench_model(args) -> dict:
+    """Time optimiser steps of the tokenizer and of the dynamics at the default sizes of
+    train_sharp_v2.py, in float32 and (where the device supports it) bf16 autocast, and
+    report the quality a finished run reached for its wall time (results/<run>/metrics.json)."""
+    from training.train_sharp_v2 import CONFIG as TRAIN
+    from training.world_model import SharpWorldModelV2, dynamics_loss, tokenizer_loss
+
+    device = utils.pick_device(args.device)
+    torch.manual_seed(0)
+    tok_batch, dyn_batch = args.tok_batch or TRAIN["tok_batch"], args.dyn_batch or TRAIN["dyn_batch"]
+    frames = _bench_frames(args.model_dataset, tok_batch, dyn_batch)  # (N, T, 1, 64, 64)
+    model_cfg = {k: TRAIN[k] for k in ("channels", "code_dim", "num_codes", "hidden", "layers", "predict")}
+    machine = machine_info()
+    precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
+        else [False]
+    rows = []
+    for bf16 in precisions:
+        model = SharpWorldModelV2(**model_cfg).to(device)
+        # Tokenizer: tok_batch random frames per step, channels_last as in training.
+        x = frames.flatten(0, 1)[:tok_batch].to(device).contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=1e-4)
+
+        def tok_step():
+            with utils.autocast(device, bf16):
+                loss, _ = tokenizer_loss(model, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        s = _time_steps(tok_step, args.steps, device)
+        rows.append({"phase": "tokenizer", "precision": "bf16" if bf16 else "fp32", "batch": x.shape[0],
+                     "s_per_step": round(s, 4), "frames_per_s": round(x.shape[0] / s, 1)})
+        # Dynamics: dyn_batch clips, unrolled over T frames, tokenizer frozen, free-running after context.
+        clips = frames[:dyn_batch].to(device)
+        with torch.no_grad():
+            codes = model.encode(clips.flatten(0, 1)).view(*clips.shape[:2], model.grid, model.grid)
+        model.tokenizer.requires_grad_(False)
+        dopt = torch.optim.AdamW(model.dynamics.parameters(), lr=1e-4)
+
+        def dyn_step():
+            with utils.autocast(device, bf16):
+                loss, _ = dynamics_loss(model, clips, codes, TRAIN["context"], 0.0)
+            dopt.zero_grad(set_to_none=True)
+            loss.backward()
+            dopt.step()
+
+        s = _time_steps(dyn_step, max(2, args.steps // 3), device)
+        n_frames = clips.shape[0] * (clips.shape[1] - 1)
+        rows.append({"phase": "dynamics", "precision": "bf16" if bf16 else "fp32", "batch": clips.shape[0],
+                     "s_per_step": round(s, 4), "frames_per_s": round(n_frames / s, 1)})
+    result = {"section": "model", "device": str(device), "model_config": model_cfg,
+              "what": "median seconds per optimiser step (forward, backward, AdamW) after 2 warm-up steps; "
+                      "dynamics frames = clips x (T-1) predicted steps, free-running after the context",
+              "rows": rows, "machine": machine, "command": "python " + " ".join(map(shlex.quote, sys.argv))}
+    run_metrics = utils.REPO_ROOT / "results" / args.run / "metrics.json"
+    if run_metrics.exists():
+        import json
+        m = json.loads(run_metrics.read_text())
+        result["quality_for_budget"] = {
+            "run": args.run, "dataset": m.get("config", {}).get("dataset"),
+            "wall_seconds": m.get("wall_seconds_this_invocation"),
+            "tokenizer_psnr_db": m.get("tokenizer", {}).get("psnr"),
+            "mse_per_frame": {k: v.get("mse") for k, v in m.get("means", {}).items()}}
+        print(f"quality for budget ({run_metrics}): {result['quality_for_budget']}")
+    return result
+
+
+def _bench_frames(name: str, n_frames: int, n_clips: int) -> torch.Tensor:
+    """Real training clips when the dataset exists (so codebook and motion are realistic),
+    else random moving squares of the same shape. Returns float (N, T, 1, 64, 64) in [0, 1]."""
+    from data_utils.datasets import DatasetError, load_split
+
+    n = max(n_clips, -(-n_frames // 20))
+    try:
+        clips = np.array(load_split(name, "train")[:n])  # a copy: the memmap is read-only
+        return torch.from_numpy(clips).float().div(255).unsqueeze(2)
+    except DatasetError:
+        print(f"(no data/{name}: timing on synthetic moving squares)")
+        x = torch.zeros(n, 20, 1, 64, 64)
+        for i in range(n):
+            for t in range(20):
+                x[i, t, 0, 20:30, 5 + 2 * t:15 + 2 * t] = 1.0
+        return x
+
+
+def _time_steps(fn, steps: int, device) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 # --- driver ----------------------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python evaluation/benchmark.py", description=__doc__.splitlines()[0])
@@ -162,6 +265,12 @@ def main(argv=None):
     parser.add_argument("--mnist-root", default=None, help="data: MNIST folder (default data/mnist_raw)")
     parser.add_argument("--frames", type=int, default=20, help="data: frames per sequence")
     parser.add_argument("--size", type=int, default=64, help="data: frame size")
+    parser.add_argument("--device", default="auto", help="model: auto | cpu | cuda | mps")
+    parser.add_argument("--steps", type=int, default=10, help="model: timed optimiser steps (dynamics: a third)")
+    parser.add_argument("--tok-batch", type=int, default=0, help="model: frames per tokenizer step (0: training default)")
+    parser.add_argument("--dyn-batch", type=int, default=0, help="model: clips per dynamics step (0: training default)")
+    parser.add_argument("--model-dataset", default="moving_mnist", help="model: clips to time on")
+    parser.add_argument("--run", default="sharp_v2", help="model: run whose metrics.json gives quality for budget")
     args = parser.parse_args(argv)
     if args.section != "all" and args.section not in SECTIONS:
         raise SystemExit(f"error: unknown section '{args.section}'; valid: {', '.join(SECTIONS)}, all")

@@ -270,3 +270,15 @@ def test_draw_architecture(tiny_setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "architecture_diagram.png").stat().st_size > 10_000
     assert f"{sum(p.numel() for p in SharpWorldModelV2(**TINY).parameters()):,}" in proc.stdout
+
+
+def test_benchmark_model_section(tmp_path):
+    from evaluation import benchmark
+
+    res = benchmark.main(["--section", "model", "--device", "cpu", "--steps", "1", "--tok-batch", "4",
+                          "--dyn-batch", "2", "--run", "no_such_run", "--out", str(tmp_path)])["model"]
+    saved = json.loads((tmp_path / "model.json").read_text())
+    phases = [(r["phase"], r["precision"]) for r in saved["rows"]]
+    assert ("tokenizer", "fp32") in phases and ("dynamics", "fp32") in phases
+    assert all(r["frames_per_s"] > 0 and r["s_per_step"] > 0 for r in res["rows"])
+    assert "quality_for_budget" not in saved  # no such run: nothing invented
