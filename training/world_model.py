@@ -427,8 +427,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
 
 
-PIXEL_WEIGHT = 0.25   # sharp-pixel MSE; the blurred terms carry most of the signal
-MASS_WEIGHT = 0.1
+PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight (both modes): the wide terms carry most of the signal
+MASS_WEIGHT = 0.1     # motion mode: relative brightness error of each predicted frame
 
 
 def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
@@ -441,12 +441,14 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
     2015) and otherwise the model's own sharp prediction, so the model is trained on
     the rollouts it will meet at test time; in motion mode the warp source stays the
     last true frame and the displacements accumulate (`compose_motion`), with the
-    gradient flowing through the whole chain. Loss per predicted frame: pixel MSE plus
-    a wide-basin term. For motion it compares the warp of a Gaussian-blurred source
-    with the blurred target: bilinear warping of a sharp frame at whole-pixel
+    gradient flowing through the whole chain. Loss per predicted frame: PIXEL_WEIGHT x
+    pixel MSE plus a wide-basin term. For motion it compares warps of the source blurred
+    at two widths with the blurred target: bilinear warping of a sharp frame at whole-pixel
     offsets has one-sided, mostly zero gradients (a 3-pixel stroke displaced by 4
     pixels gives none), while blurring makes the photometric error smooth in the
-    displacement. For embeddings it is the MSE at 1/4 resolution.
+    displacement; a brightness term (MASS_WEIGHT) stops the warp from shrinking or
+    fading content. For embeddings the wide term is the MSE at 1/4 resolution, plus
+    embedding MSE and a code cross-entropy.
     Returns (loss, logs) with logs['step_mse'] the per-step error summed over pixels.
     """
     dyn = model.dynamics
