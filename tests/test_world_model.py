@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from training.world_model import (ConvGRUCell, SharpWorldModelV2, VectorQuantizer, dynamics_loss,
-                                  compose_motion, tokenizer_loss, warp)
+                                  compose_motion, motion_evidence, tokenizer_loss, warp)
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
 
@@ -95,6 +95,54 @@ def test_composed_motion_equals_successive_warps():
     twice = warp(warp(img, step), step)
     assert torch.allclose(once, twice, atol=1e-5)
     assert once[0, 0, 4:8, 8:12].min() > 0.99 and once[0, 0, 10:14, 22:26].min() > 0.49
+
+
+def test_motion_evidence_peaks_at_the_true_offset():
+    # A textured patch moves by (dx, dy) = (+3, -2) between two frames: in the cells
+    # it covers, the correlation peaks at channel (r - dy) * (2r + 1) + (r - dx),
+    # the offset back to where the content was; empty cells carry no evidence.
+    torch.manual_seed(0)
+    r, k = 4, 9
+    prev = torch.zeros(1, 1, 32, 32)
+    prev[0, 0, 10:22, 10:22] = torch.rand(12, 12)
+    cur = torch.roll(prev, shifts=(-2, 3), dims=(2, 3))
+    ev = motion_evidence(prev, cur, r, 8)
+    assert ev.shape == (1, k * k, 8, 8)
+    assert (ev[0, :, 3, 3].argmax() == (r + 2) * k + (r - 3)).item()
+    assert ev[0, :, 3, 3].max() > 0.8 and ev[0, :, 7, 0].abs().max() < 1e-6
+    # The rollout feeds the same evidence from its own frames: a model without it
+    # (motion_radius=0) still runs.
+    pred = SharpWorldModelV2(**TINY, motion_radius=0).eval().rollout(torch.rand(1, 3, 1, 64, 64), 2)
+    assert pred.shape == (1, 2, 1, 64, 64)
+
+
+def test_velocity_prior_averages_rounded_displacements_and_resets_on_a_bounce():
+    # A textured patch drawn at whole-pixel positions round(10 + 2.4 t): single frame
+    # pairs show 2 or 3 px, the running mean recovers 2.4; a reversal starts afresh.
+    torch.manual_seed(0)
+    tex = torch.rand(12, 12)
+    xs = [10, 12, 15, 17, 20, 22, 20]          # +2, +3, +2, +3, +2, then back by 2
+    frames = torch.zeros(len(xs), 1, 1, 64, 64)
+    for t, x0 in enumerate(xs):
+        frames[t, 0, 0, 26:38, x0:x0 + 12] = tex
+    dyn = SharpWorldModelV2(**TINY, motion_radius=4).dynamics
+    vsum, weight = torch.zeros(1, 2, 16, 16), torch.zeros(1, 1, 16, 16)
+    priors = []
+    with torch.no_grad():
+        for t in range(1, len(xs)):
+            ev = motion_evidence(frames[t - 1], frames[t], 4, 16)
+            prior, vsum, weight = dyn.velocity_prior(ev, vsum, weight, 4.0)
+            cell = (xs[t] + 6) // 4                # the patch's centre cell
+            priors.append(prior[0, :, 8, cell])
+    assert abs(priors[4][0] - 2.4) < 0.15 and abs(priors[4][1]) < 0.1   # after 5 pairs
+    assert abs(priors[5][0] + 2.0) < 0.15       # the reversal is not averaged with +2.4
+
+
+def test_untrained_model_with_motion_radius_moves_content_at_the_observed_velocity():
+    model = SharpWorldModelV2(**TINY, motion_radius=3).eval()
+    motion = model.observe(_moving_square_clips()[:, :4])["out"]["motion"][:, :, 5:7, 4:7]
+    assert torch.allclose(motion[:, 0], torch.full_like(motion[:, 0], 2.0), atol=0.2)
+    assert motion[:, 1].abs().max() < 0.2
 
 
 def test_rollout_shapes_range_and_actions():

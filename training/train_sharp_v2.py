@@ -43,6 +43,7 @@ CONFIG = dict(
     hidden=64,                 # ConvGRU channels
     layers=2,                  # stacked ConvGRU cells
     predict="motion",          # motion (warp + re-tokenise) | embedding (regress next codes)
+    motion_radius=0,           # > 0: correlation of consecutive frames (+-r px) as input and velocity prior (experimental)
     # --- tokenizer phase -----------------------------------------------------------------
     tok_steps=1000,            # optimiser steps on random frames
     tok_batch=64,              # frames per step
@@ -296,6 +297,7 @@ def main():
 
     model = SharpWorldModelV2(channels=cfg["channels"], code_dim=cfg["code_dim"], num_codes=cfg["num_codes"],
                               hidden=cfg["hidden"], layers=cfg["layers"], predict=cfg["predict"],
+                              motion_radius=cfg["motion_radius"],
                               image_size=train.shape[-1]).to(device)
     model.tokenizer.to(memory_format=torch.channels_last)
     state = None
