@@ -219,6 +219,8 @@ class Dynamics(nn.Module):
     (`motion_evidence`): frames=(prev, cur) pixel frames (B, 1, H, W) or None (no
     previous frame yet: zeros)."""
 
+    RESET_PX = 1.5   # velocity-prior reset threshold, px/frame (rounding jitter is < 1)
+
     def __init__(self, code_dim: int = 64, hidden: int = 96, layers: int = 2, action_dim: int = 0,
                  predict: str = "motion", reward_head: bool = False, grid: int = 16,
                  max_motion: float = 8.0, motion_radius: int = 0):
@@ -226,7 +228,7 @@ class Dynamics(nn.Module):
         if predict not in ("motion", "embedding"):
             raise ValueError(f"predict must be 'motion' or 'embedding', got '{predict}'")
         self.predict, self.action_dim, self.hidden, self.max_motion = predict, action_dim, hidden, max_motion
-        self.grid, self.motion_radius = grid, motion_radius
+        self.motion_radius = motion_radius
         evidence_ch = (2 * motion_radius + 1) ** 2 if motion_radius > 0 else 0
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
@@ -249,8 +251,6 @@ class Dynamics(nn.Module):
         if self.motion_radius > 0:
             state += [torch.zeros(batch, 2, h, w, device=device), torch.zeros(batch, 1, h, w, device=device)]
         return state
-
-    RESET_PX = 1.5   # velocity-prior reset threshold, px/frame (rounding jitter is < 1)
 
     def velocity_prior(self, ev, vsum, weight, cell_px: float):
         """Running, confidence-weighted mean of the per-frame velocity read from the
@@ -285,33 +285,30 @@ class Dynamics(nn.Module):
             if action is None:
                 raise ValueError("this dynamics model was built with action_dim > 0: pass an action")
             parts.append(action[:, :, None, None].to(emb.dtype).expand(-1, -1, h, w))
-        ev = None
+        prior, prior_state = None, []
         if self.motion_radius > 0:
+            vsum, weight = hidden[len(self.cells):]
             if frames is None:
                 ev = emb.new_zeros(B, (2 * self.motion_radius + 1) ** 2, h, w)
             else:
                 ev = motion_evidence(frames[0], frames[1], self.motion_radius, h)
-            parts.append(ev.to(emb.dtype))
-        x = F.silu(self.stem(torch.cat(parts, 1)))
-        new_hidden, prior = [], None
-        if self.motion_radius > 0:
-            vsum, weight = hidden[-2:]
-            if frames is not None:
                 prior, vsum, weight = self.velocity_prior(ev, vsum, weight, frames[1].shape[-1] / h)
-            extra = [vsum, weight]
+            parts.append(ev.to(emb.dtype))
+            prior_state = [vsum, weight]
+        x = F.silu(self.stem(torch.cat(parts, 1)))
+        new_hidden = []
         for cell, hid in zip(self.cells, hidden):
             hid = cell(x, hid)
             new_hidden.append(hid)
             x = hid.to(x.dtype)
         feats = torch.cat(new_hidden, 1)
-        if self.motion_radius > 0:
-            new_hidden += extra
+        new_hidden += prior_state
         raw = self.head(feats.to(emb.dtype)).float()
         out = {}
         if self.predict == "motion":
-            # A bounded displacement (px/frame); with the correlation, a bounded correction
-            # on top of "keep the last frame's velocity" (the prior itself is within +-r,
-            # and squashing it would bias it: 8 tanh(5/8) = 4.5).
+            # A bounded displacement (px/frame); with motion_radius > 0, a bounded correction
+            # on top of the running velocity prior (the prior itself is within +-r, and
+            # squashing it would bias it: 8 tanh(5/8) = 4.5).
             out["motion"] = self.max_motion * torch.tanh(raw / self.max_motion)
             if prior is not None:
                 out["motion"] = out["motion"] + prior
@@ -335,8 +332,8 @@ def motion_evidence(prev: torch.Tensor, cur: torch.Tensor, radius: int, grid: in
         NCC_o = sum_W cur(p) prev(p + o) / sqrt(sum_W cur(p)^2 * sum_W prev(p + o)^2)
     It is 1 at the offset the content came from (the motion is -o) and 0 on an empty
     background. Why: from the code embeddings alone the ConvGRU did not learn the
-    motion (its one-step displacement error on Moving MNIST digits was 1.5 px in x and
-    2.6 px in y after 200 steps, 1.4 / 2.5 after 450); the argmax of this volume is off
+    motion (after the default 450 steps its one-step displacement error at Moving MNIST
+    digit centres was 1.4 px in x and 2.5 px in y); the argmax of this volume is off
     by 0.13 / 0.18 px on average (5% of digits more than 1 px off). Wide windows and the
     normalisation are what make it work: 8-px unnormalised windows were off by 1.2 / 1.3 px.
     An input and a prior (`evidence_motion`), not a path for gradients."""
