@@ -52,6 +52,16 @@ def test_train_writes_outputs(data_root, tmp_path):
     assert (tmp_path / "eval" / "autoregressive_rollout.png").exists()
 
 
+def test_motion_radius_logs_flow_error_and_zero_dyn_steps_keeps_the_prior(data_root, tmp_path):
+    train(data_root, tmp_path, "flow", "--motion_radius=2")
+    hist = torch.load(tmp_path / "checkpoints" / "flow" / "latest.pt", weights_only=False)["history"]["dynamics"]
+    assert len(hist) == 4 and all(len(h["flow_px"]) == len(h["rollout_mse"]) for h in hist)
+    train(data_root, tmp_path, "prior", "--motion_radius=2", "--dyn_steps=0")
+    ckpt = torch.load(tmp_path / "checkpoints" / "prior" / "latest.pt", weights_only=True)
+    assert ckpt["phase"] == "done" and ckpt["history"]["dynamics"] == []
+    assert (tmp_path / "results" / "prior" / "metrics.json").exists()
+
+
 @pytest.mark.parametrize("stop_after", [3, 8])  # killed in the tokenizer phase / in the dynamics phase
 def test_kill_and_resume_matches_uninterrupted_run(data_root, tmp_path, stop_after):
     train(data_root, tmp_path, "full")

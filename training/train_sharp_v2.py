@@ -43,14 +43,14 @@ CONFIG = dict(
     hidden=64,                 # ConvGRU channels
     layers=2,                  # stacked ConvGRU cells
     predict="motion",          # motion (warp + re-tokenise) | embedding (regress next codes)
-    motion_radius=0,           # > 0: correlation of consecutive frames (+-r px) as input and velocity prior (experimental)
+    motion_radius=0,           # > 0: correlation of consecutive frames (+-r px) as input, velocity prior, flow-target loss (experimental)
     # --- tokenizer phase -----------------------------------------------------------------
     tok_steps=1000,            # optimiser steps on random frames
     tok_batch=64,              # frames per step
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
     dyn_sequences=2000,        # training clips whose codes are cached (0 = all)
-    dyn_steps=450,             # optimiser steps
+    dyn_steps=450,             # optimiser steps (0: keep the untrained dynamics, e.g. the velocity prior alone)
     dyn_batch=16,              # clips per step
     dyn_lr=1e-3,
     context=10,                # observed frames; the rest of each clip is predicted
@@ -159,6 +159,9 @@ def cache_codes(cfg, model, clips, device, path):
 
 def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history, counter):
     """Phase 3: unrolled dynamics training on cached codes, tokenizer frozen."""
+    if cfg["dyn_steps"] == 0:
+        save_state(ckpt_path, cfg, model, None, "done", 0, history)
+        return history
     model.tokenizer.requires_grad_(False)
     model.tokenizer.eval()
     model.dynamics.train()
@@ -183,10 +186,14 @@ def train_dynamics(cfg, model, clips, codes, device, ckpt_path, state, history, 
         sched.step()
         if step % cfg["log_every"] == 0 or step == cfg["dyn_steps"] - 1:
             future = logs["step_mse"][cfg["context"] - 1:]
-            history["dynamics"].append({"step": step, "loss": logs["loss"], "teacher": teacher,
-                                        "rollout_mse": future})
+            entry = {"step": step, "loss": logs["loss"], "teacher": teacher, "rollout_mse": future}
+            extra = {}
+            if "flow_px" in logs:   # motion error (px) against the flow target, over the predicted steps
+                entry["flow_px"] = logs["flow_px"][cfg["context"] - 1:]
+                extra["flow_px"] = f"{np.mean(entry['flow_px']):.2f}"
+            history["dynamics"].append(entry)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", tf=f"{teacher:.2f}",
-                            mse_first=f"{future[0]:.0f}", mse_last=f"{future[-1]:.0f}")
+                            mse_first=f"{future[0]:.0f}", mse_last=f"{future[-1]:.0f}", **extra)
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(ckpt_path, cfg, model, opt, "dynamics", step + 1, history)
         count_step(cfg, counter)
@@ -267,6 +274,10 @@ def plot_results(cfg, history, result, examples, out_dir):
         axes[1].plot([h["step"] for h in dyn], [h["teacher"] * max(h["loss"] for h in dyn) for h in dyn],
                      "--", alpha=0.5, label="teacher forcing (scaled)")
         axes[1].legend(fontsize=7)
+        if "flow_px" in dyn[-1]:
+            ax2 = axes[1].twinx()
+            ax2.plot([h["step"] for h in dyn], [np.mean(h["flow_px"]) for h in dyn], color="tab:green", alpha=0.7)
+            ax2.set_ylabel("motion error vs flow target (px)", color="tab:green")
         steps = np.arange(1, len(dyn[-1]["rollout_mse"]) + 1)
         shown = dyn[:: max(1, len(dyn) // 5)]
         for h in shown + ([dyn[-1]] if shown[-1] is not dyn[-1] else []):

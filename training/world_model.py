@@ -278,7 +278,9 @@ class Dynamics(nn.Module):
         weight = keep * weight + conf
         return vsum / (weight + 1e-3), vsum, weight
 
-    def step(self, emb, hidden, action=None, frames=None):
+    def step(self, emb, hidden, action=None, frames=None, evidence=None):
+        """evidence: `motion_evidence(*frames)` when the caller already has it (training
+        computes the evidence of all true frame pairs in one batch)."""
         B, _, h, w = emb.shape
         parts = [emb, self.coords.expand(B, -1, -1, -1).to(emb.dtype)]
         if self.action_dim:
@@ -291,7 +293,7 @@ class Dynamics(nn.Module):
             if frames is None:
                 ev = emb.new_zeros(B, (2 * self.motion_radius + 1) ** 2, h, w)
             else:
-                ev = motion_evidence(frames[0], frames[1], self.motion_radius, h)
+                ev = evidence if evidence is not None else motion_evidence(frames[0], frames[1], self.motion_radius, h)
                 prior, vsum, weight = self.velocity_prior(ev, vsum, weight, frames[1].shape[-1] / h)
             parts.append(ev.to(emb.dtype))
             prior_state = [vsum, weight]
@@ -542,6 +544,20 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
 
 PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight (both modes): the wide terms carry most of the signal
 MASS_WEIGHT = 0.1     # motion mode: relative brightness error of each predicted frame
+FLOW_SHARPNESS = 100.0  # motion_radius > 0: soft-argmax temperature of the flow target (near argmax)
+
+
+def flow_targets(frames: torch.Tensor, radius: int, grid: int):
+    """Self-supervised motion targets from consecutive true frames (no physical states).
+    frames (B, T, 1, H, W) -> evidence (B, T-1, (2r+1)^2, grid, grid) of each pair
+    (t, t+1), the displacement it shows (B, T-1, 2, grid, grid) px/frame, and its
+    confidence (B, T-1, 1, grid, grid) = the best correlation (0 on empty background)."""
+    B, T = frames.shape[:2]
+    ev = motion_evidence(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), radius, grid)
+    target = evidence_motion(ev, radius, torch.tensor(FLOW_SHARPNESS))
+    conf = ev.amax(1, keepdim=True).clamp(0, 1)
+    return (ev.view(B, T - 1, -1, grid, grid), target.view(B, T - 1, 2, grid, grid),
+            conf.view(B, T - 1, 1, grid, grid))
 
 
 def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
@@ -562,7 +578,17 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
     displacement; a brightness term (MASS_WEIGHT) stops the warp from shrinking or
     fading content. For embeddings the wide term is the MSE at 1/4 resolution, plus
     embedding MSE and a code cross-entropy.
-    Returns (loss, logs) with logs['step_mse'] the per-step error summed over pixels.
+    With motion_radius > 0 the motion is instead supervised directly ("flow
+    distillation"): each step's displacement field is regressed (smooth L1, weighted by
+    the correlation's confidence) onto the displacement that `motion_evidence` reads
+    between the true frames t and t+1. The correlation has a wide, exact basin where the
+    photometric terms have flat or one-sided gradients. Measured on Moving MNIST (README,
+    200 steps, 128 test clips): mean MSE 206.9 against 244.6 with the photometric terms
+    and 210.6 for the untrained prior; better than the prior at steps 1-6, worse at 8-10
+    (307 against 273): it does not yet learn the bounces.
+    Returns (loss, logs) with logs['step_mse'] the per-step error summed over pixels
+    and, with motion_radius > 0, logs['flow_px'] the confidence-weighted mean motion
+    error in pixels per step.
     """
     dyn = model.dynamics
     B, T, _, H, _ = frames.shape
@@ -570,10 +596,16 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
     emb = model.embed(codes[:, 0])
     anchor, motion = frames[:, 0], None   # motion mode: warp source and displacement since it
     prev, cur = None, frames[:, 0]        # the input frames in pixels (for motion_evidence)
-    total, step_mse = 0.0, []
+    total, step_mse, flow_px = 0.0, [], []
+    flow = dyn.predict == "motion" and dyn.motion_radius > 0
+    if flow:
+        with torch.no_grad():
+            ev_true, flow_target, flow_conf = flow_targets(frames, dyn.motion_radius, model.grid)
+    true_pair = [False, True]   # are prev and cur the true frames? (then ev_true has their evidence)
     for t in range(T - 1):
         a = actions[:, t] if actions is not None else None
-        out, hidden = dyn.step(emb, hidden, a, (prev, cur) if prev is not None else None)
+        ev = ev_true[:, t - 1] if flow and t > 0 and all(true_pair) else None
+        out, hidden = dyn.step(emb, hidden, a, (prev, cur) if prev is not None else None, ev)
         target = frames[:, t + 1]
         free = t + 1 >= context and torch.rand(()).item() >= teacher_prob
         if dyn.predict == "motion":
@@ -582,6 +614,14 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
             # gradient); the next input is its codes, exactly what a rollout feeds back.
             motion = compose_motion(motion, out["motion"], H)
             pred = warp(anchor, motion).clamp(0, 1)
+        if flow:
+            # Normalised by the confidence mass, so the scale does not depend on how much
+            # of the frame is empty background.
+            conf, err = flow_conf[:, t], out["motion"] - flow_target[:, t]
+            norm = (2 * conf.sum()).clamp_min(1e-6)
+            loss_t = (conf * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
+            flow_px.append(((conf * err.detach().abs()).sum() / norm).item())
+        elif dyn.predict == "motion":
             # Wide basins at two widths keep a misplaced stroke cheaper than a deleted
             # one; the mass term (relative brightness error) makes shrinking or fading
             # content, the MSE-optimal hedge under uncertainty, cost as much as it hides.
@@ -596,12 +636,14 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
             extra = F.mse_loss(e, target_emb) + 0.1 * F.cross_entropy(logits, codes[:, t + 1].reshape(-1))
             pred = model.tokenizer.decode_embeddings(e)
             wide = F.mse_loss(F.avg_pool2d(pred, 4), F.avg_pool2d(target, 4))
-        loss_t = PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + extra
+        if not flow:
+            loss_t = PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + extra
         if rewards is not None and "reward" in out:
             loss_t = loss_t + F.mse_loss(out["reward"], rewards[:, t])
         total = total + loss_t
         step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
         prev = cur
+        true_pair = [true_pair[1], not free]
         if free:
             with torch.no_grad():
                 c = model.encode(pred) if dyn.predict == "motion" else model.snap(e)
@@ -611,4 +653,7 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
             anchor, motion, emb = target, None, model.embed(codes[:, t + 1])
             cur = target
     loss = total / (T - 1)
-    return loss, {"loss": loss.item(), "step_mse": step_mse}
+    logs = {"loss": loss.item(), "step_mse": step_mse}
+    if flow_px:
+        logs["flow_px"] = flow_px
+    return loss, logs
