@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from training.world_model import (ConvGRUCell, SharpWorldModelV2, VectorQuantizer, dynamics_loss,
-                                  compose_motion, motion_evidence, tokenizer_loss, warp)
+                                  compose_motion, flow_targets, motion_evidence, tokenizer_loss, warp)
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
 
@@ -202,7 +202,6 @@ def test_flow_target_reads_the_motion_and_trains_a_bounce():
     frames = torch.zeros(1, len(xs), 1, 64, 64)
     for t, x0 in enumerate(xs):
         frames[:, t, 0, 20:28, x0:x0 + 8] = torch.linspace(0.3, 1.0, 8)   # textured, not flat
-    from training.world_model import flow_targets
     _, target, conf = flow_targets(frames, 4, 16)
     cell = (xs[1] + 4) // 4
     assert abs(target[0, 0, 0, 5, cell] - 3.0) < 0.1 and conf[0, 0, 0, 5, cell] > 0.9
