@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,7 @@ def test_train_writes_outputs(data_root, tmp_path):
     assert len(metrics["model"]["mse"]) == 4 and set(metrics["means"]) == {"model", "copy_last", "blank"}
     ckpt = torch.load(tmp_path / "checkpoints" / "a" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["config"]["hidden"] == 8 and ckpt["model_config"]["hidden"] == 8
+    assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: layers only on Moving MNIST
     # The checkpoint is usable by the evaluation script.
     run(["evaluation/eval_sharp.py", f"--checkpoint={tmp_path / 'checkpoints' / 'a' / 'latest.pt'}",
          f"--data={data_root / 'bouncing_balls' / 'test.npy'}", "--context=4", "--horizon=4",
@@ -60,6 +62,17 @@ def test_motion_radius_logs_flow_error_and_zero_dyn_steps_keeps_the_prior(data_r
     ckpt = torch.load(tmp_path / "checkpoints" / "prior" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["history"]["dynamics"] == []
     assert (tmp_path / "results" / "prior" / "metrics.json").exists()
+
+
+def test_layers_mode_caches_the_cut_and_logs_position_error(data_root, tmp_path):
+    train(data_root, tmp_path, "lay", "--predict=layers", "--objects=3")
+    ckpt = torch.load(tmp_path / "checkpoints" / "lay" / "latest.pt", weights_only=False)
+    assert ckpt["model_config"]["predict"] == "layers" and ckpt["model_config"]["objects"] == 3
+    hist = ckpt["history"]["dynamics"]
+    assert len(hist) == 4 and all(len(h["track_px"]) == len(h["rollout_mse"]) == 4 for h in hist)
+    with np.load(tmp_path / "checkpoints" / "lay" / "layers.npz") as cut:
+        assert cut["L"].shape == (6, 3, 64, 64) and cut["positions"].shape == (6, 3, 8, 2)
+    assert (tmp_path / "results" / "lay" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("stop_after", [3, 8])  # killed in the tokenizer phase / in the dynamics phase

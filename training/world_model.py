@@ -10,6 +10,7 @@
                         a frame-correlation input and running velocity prior
     motion_evidence     normalised local cross-correlation of two frames (cost volume)
     SharpWorldModelV2   tokenizer + dynamics: encode / decode / observe / imagine / rollout
+    tokenizer_loss, dynamics_loss, layer_dynamics_loss   the training objectives
 
 How the dynamics predicts the next frame's latent ("move, then re-tokenise")
 ---------------------------------------------------------------------------------
@@ -23,8 +24,11 @@ x_{t+1} <- D(z_{t+1}). Snapping to the codebook every step removes the sub-pixel
 that bilinear warping would otherwise accumulate, so content keeps its sharpness;
 the mean-squared error only has to get the motion right. The next-latent
 prediction is therefore z_{t+1} = VQ(E(warp(D(z_t), d_t))). The alternative
-`predict="embedding"` regresses the next code embeddings (decoded after snapping);
-training/train_sharp_v2.py trains either, and the README compares them.
+`predict="embedding"` regresses the next code embeddings (decoded after snapping).
+`predict="layers"` moves whole objects instead of a per-cell field: the last observed
+frame is cut into rigid layers (training/layers.py), the ConvGRU runs once per layer
+and predicts that layer's displacement, and the moved layers are overlaid and
+re-tokenised. training/train_sharp_v2.py trains each, and the README compares them.
 
 Tensor conventions: frames are float in [0, 1], shape (B, 1, H, W) or (B, T, 1, H, W);
 codes are int64 (B, h, w) with h = H / 4; embeddings are (B, D, h, w).
@@ -206,13 +210,24 @@ class ConvGRUCell(nn.Module):
         return (1 - u) * h + u * c
 
 
+PREDICT_MODES = ("motion", "embedding", "layers")
+
+
 class Dynamics(nn.Module):
     """Two stacked ConvGRUs over the code-embedding grid.
 
     step(emb (B, D, h, w), hidden list, action (B, A) or None) -> (out, hidden)
       out['motion']    (B, 2, h, w) displacement in pixels per frame (predict="motion")
       out['embedding'] (B, D, h, w) next code embeddings       (predict="embedding")
+      out['displacement'], out['velocity'] (B, 2) px/frame      (predict="layers")
       out['reward']    (B,)          predicted reward            (reward_head=True)
+    With predict="layers" each batch row is one rigid layer (training/layers.py), and
+    step() also takes layer=(mask (B, 1, h, w), velocity (B, 2), centre (B, 2)): the
+    layer's coverage of each cell, its velocity and the centre of its ink in pixels
+    enter as extra input planes, and the head's output, averaged over the layer's
+    cells, corrects the constant-velocity guess: this frame's displacement and the
+    velocity carried to the next (two outputs, because a bounce folds the overshoot
+    back: the displacement on the bounce frame is neither the old nor the new velocity).
     Coordinate channels are appended to the input so that the cells know where the
     walls are (bounces happen at fixed image positions), and, when motion_radius > 0,
     a local correlation volume between the previous and the current frame
@@ -225,16 +240,17 @@ class Dynamics(nn.Module):
                  predict: str = "motion", reward_head: bool = False, grid: int = 16,
                  max_motion: float = 8.0, motion_radius: int = 0):
         super().__init__()
-        if predict not in ("motion", "embedding"):
-            raise ValueError(f"predict must be 'motion' or 'embedding', got '{predict}'")
+        if predict not in PREDICT_MODES:
+            raise ValueError(f"predict must be one of {', '.join(PREDICT_MODES)}, got '{predict}'")
         self.predict, self.action_dim, self.hidden, self.max_motion = predict, action_dim, hidden, max_motion
         self.motion_radius = motion_radius
         evidence_ch = (2 * motion_radius + 1) ** 2 if motion_radius > 0 else 0
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
-        self.stem = nn.Conv2d(code_dim + 2 + action_dim + evidence_ch, hidden, 3, padding=1)
+        layer_ch = 5 if predict == "layers" else 0   # mask, velocity (2), centre (2)
+        self.stem = nn.Conv2d(code_dim + 2 + action_dim + evidence_ch + layer_ch, hidden, 3, padding=1)
         self.cells = nn.ModuleList(ConvGRUCell(hidden, hidden) for _ in range(layers))
-        out_ch = 2 if predict == "motion" else code_dim
+        out_ch = {"motion": 2, "embedding": code_dim, "layers": 4}[predict]
         self.head = nn.Sequential(nn.Conv2d(hidden * layers, hidden, 3, padding=1), nn.SiLU(),
                                   nn.Conv2d(hidden, out_ch, 3, padding=1))
         if motion_radius > 0:   # temperature of the velocity prior's soft-argmax (learned)
@@ -278,15 +294,21 @@ class Dynamics(nn.Module):
         weight = keep * weight + conf
         return vsum / (weight + 1e-3), vsum, weight
 
-    def step(self, emb, hidden, action=None, frames=None, evidence=None):
+    def step(self, emb, hidden, action=None, frames=None, evidence=None, layer=None):
         """evidence: `motion_evidence(*frames)` when the caller already has it (training
-        computes the evidence of all true frame pairs in one batch)."""
+        computes the evidence of all true frame pairs in one batch). layer: see the class
+        docstring (predict="layers" only)."""
         B, _, h, w = emb.shape
         parts = [emb, self.coords.expand(B, -1, -1, -1).to(emb.dtype)]
         if self.action_dim:
             if action is None:
                 raise ValueError("this dynamics model was built with action_dim > 0: pass an action")
             parts.append(action[:, :, None, None].to(emb.dtype).expand(-1, -1, h, w))
+        if self.predict == "layers":
+            mask, vel, centre = layer
+            size = 4 * h   # frame side in pixels (centre planes scaled to [-1, 1] like coords)
+            planes = torch.cat([vel / self.max_motion, 2 * centre / size - 1], 1)
+            parts += [mask.to(emb.dtype), planes[:, :, None, None].to(emb.dtype).expand(-1, -1, h, w)]
         prior, prior_state = None, []
         if self.motion_radius > 0:
             vsum, weight = hidden[len(self.cells):]
@@ -307,7 +329,14 @@ class Dynamics(nn.Module):
         new_hidden += prior_state
         raw = self.head(feats.to(emb.dtype)).float()
         out = {}
-        if self.predict == "motion":
+        if self.predict == "layers":
+            # Averaged over the layer's cells; bounded by 2 max_motion because reversing
+            # a velocity changes it by twice its size.
+            mask, vel = layer[0].float(), layer[1].float()
+            corr = 2 * self.max_motion * torch.tanh(raw / (2 * self.max_motion))
+            corr = (corr * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)   # (B, 4)
+            out["displacement"], out["velocity"] = vel + corr[:, :2], vel + corr[:, 2:]
+        elif self.predict == "motion":
             # A bounded displacement (px/frame); with motion_radius > 0, a bounded correction
             # on top of the running velocity prior (the prior itself is within +-r, and
             # squashing it would bias it: 8 tanh(5/8) = 4.5).
@@ -420,13 +449,14 @@ class SharpWorldModelV2(nn.Module):
     def __init__(self, channels: int = 64, code_dim: int = 64, num_codes: int = 512,
                  hidden: int = 96, layers: int = 2, action_dim: int = 0, predict: str = "motion",
                  reward_head: bool = False, image_size: int = 64, max_motion: float = 8.0,
-                 motion_radius: int = 0):
+                 motion_radius: int = 0, objects: int = 2):
         super().__init__()
         self.config = dict(channels=channels, code_dim=code_dim, num_codes=num_codes, hidden=hidden,
                            layers=layers, action_dim=action_dim, predict=predict,
                            reward_head=reward_head, image_size=image_size, max_motion=max_motion,
-                           motion_radius=motion_radius)
+                           motion_radius=motion_radius, objects=objects)
         self.grid = image_size // 4
+        self.objects = objects   # predict="layers": rigid layers per frame (training/layers.py)
         self.tokenizer = Tokenizer(channels, code_dim, num_codes)
         self.dynamics = Dynamics(code_dim, hidden, layers, action_dim, predict, reward_head,
                                  self.grid, max_motion, motion_radius)
@@ -457,6 +487,8 @@ class SharpWorldModelV2(nn.Module):
         context (B, Tc, 1, H, W); actions (B, Tc, A) or None; codes (B, Tc, h, w) if
         already computed. Returns a state dict for `imagine`."""
         B, Tc = context.shape[:2]
+        if self.dynamics.predict == "layers":   # only the last frame's tokens are needed
+            return self.observe_layers(context, self.encode(context[:, -1]) if codes is None else codes[:, -1])
         if codes is None:
             codes = self.encode(context.flatten(0, 1)).view(B, Tc, self.grid, self.grid)
         hidden = self.dynamics.init_hidden(B, context.device, self.grid, self.grid)
@@ -470,6 +502,64 @@ class SharpWorldModelV2(nn.Module):
         # current frame in pixels (the second half of the next correlation pair).
         return {"hidden": hidden, "anchor": context[:, -1].float(), "motion": None,
                 "codes": codes[:, -1], "out": out, "frame": context[:, -1].float()}
+
+    def observe_layers(self, context, codes, L=None, velocity=None):
+        """predict="layers": the last context frame cut into rigid layers and their
+        velocities (training/layers.py; or given: L (B, K, H, W), velocity (B, K, 2)), and
+        a fresh ConvGRU state per layer. codes (B, h, w): the last frame's tokens. The
+        ConvGRU does not run over the context (what it needs of the past, the velocity,
+        comes from tracking the layers), so context actions are not used."""
+        from training import layers
+
+        if L is None:
+            L, velocity = layers.observe_layers(context, self.objects)
+        B, K, H, W = L.shape
+        mass = L.sum((2, 3)).clamp_min(1e-6)
+        ys, xs = torch.meshgrid(torch.arange(H, device=L.device, dtype=torch.float32),
+                                torch.arange(W, device=L.device, dtype=torch.float32), indexing="ij")
+        centre = torch.stack([(L * xs).sum((2, 3)) / mass, (L * ys).sum((2, 3)) / mass], -1)   # (B, K, 2)
+        return {"hidden": self.dynamics.init_hidden(B * K, L.device, self.grid, self.grid),
+                "layers": L.float(), "offset": L.new_zeros(B, K, 2, dtype=torch.float32),
+                "velocity": velocity.float(), "centre": centre, "codes": codes,
+                "frame": context[:, -1].float()}
+
+    def layer_step(self, state, action=None):
+        """One step of every layer from the current tokens (predict="layers"). Updates
+        state['offset'], ['velocity'], ['hidden'] in place; returns the dynamics output."""
+        from training.layers import composite
+
+        L, off, vel = state["layers"], state["offset"], state["velocity"]
+        B, K = L.shape[:2]
+        emb = self.embed(state["codes"]).repeat_interleave(K, 0)                   # (B*K, D, h, w)
+        moved = composite(L.flatten(0, 1)[:, None], off.flatten(0, 1)[:, None])   # (B*K, 1, H, W)
+        mask = F.adaptive_avg_pool2d((moved > 0.05).float(), self.grid)            # (B*K, 1, h, w)
+        a = action.repeat_interleave(K, 0) if action is not None else None
+        layer = (mask, vel.flatten(0, 1), (state["centre"] + off).flatten(0, 1))
+        out, state["hidden"] = self.dynamics.step(emb, state["hidden"], a, layer=layer)
+        state["offset"] = off + out["displacement"].view(B, K, 2)
+        state["velocity"] = out["velocity"].view(B, K, 2)
+        if "reward" in out:
+            out["reward"] = out["reward"].view(B, K).sum(1)
+        return out
+
+    def imagine_layers(self, state, horizon: int, actions=None):
+        """`imagine` for predict="layers": move the layers, overlay, re-tokenise."""
+        from training.layers import composite
+
+        state = dict(state)
+        frames, codes, rewards = [], [], []
+        for t in range(horizon):
+            out = self.layer_step(state, actions[:, t] if actions is not None else None)
+            c = self.encode(composite(state["layers"], state["offset"]).clamp(0, 1))
+            frames.append(self.decode(c))
+            codes.append(c)
+            if "reward" in out:
+                rewards.append(out["reward"])
+            state["codes"] = c
+        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
+        if rewards:
+            result["rewards"] = torch.stack(rewards, 1)
+        return result
 
     def next_frame(self, state, out):
         """Turn one dynamics output into the next (sharp) frame and its codes.
@@ -489,6 +579,8 @@ class SharpWorldModelV2(nn.Module):
         """Predict `horizon` frames autoregressively from `observe`'s state.
         actions (B, horizon, A) or None. Returns {'frames': (B,N,1,H,W), 'codes':
         (B,N,h,w), 'rewards': (B,N) when the reward head exists}."""
+        if self.dynamics.predict == "layers":
+            return self.imagine_layers(state, horizon, actions)
         frames, codes, rewards = [], [], []
         state = dict(state)
         out = state["out"]
@@ -659,7 +751,45 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
             anchor, motion, emb = target, None, model.embed(codes[:, t + 1])
             cur = target
     loss = total / (T - 1)
-    logs = {"loss": loss.item(), "step_mse": step_mse}
+    logs = {"loss": loss.item(), "step_mse": step_mse, "rollout_mse": step_mse[context - 1:]}
     if flow_px:
         logs["flow_px"] = flow_px
     return loss, logs
+
+
+def layer_dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
+                        L: torch.Tensor, velocity: torch.Tensor, positions: torch.Tensor,
+                        score: torch.Tensor, actions=None, rewards=None):
+    """Training pass of predict="layers": roll the layers out from the last context
+    frame exactly as `imagine` does (each step's input is the re-tokenised overlay of
+    the model's own layers) and regress each layer's accumulated offset onto where
+    template matching finds that layer in the true frames (self-supervised; no
+    physical states), smooth L1 in pixels, over the layers found (match score > 0.5).
+
+    frames (B, T, 1, H, W); codes (B, T, h, w); from `layers.observe_layers` on the
+    context: L (B, K, H, W), velocity (B, K, 2); from `layers.track` forward from frame
+    context-1: positions (B, K, T, 2), score (B, K, T). Returns (loss, logs) with
+    logs['rollout_mse'] the per-step pixel error of the overlay (before re-tokenising)
+    and logs['track_px'] the mean position error per step in pixels."""
+    from training.layers import INK, composite
+
+    T = frames.shape[1]
+    state = model.observe_layers(frames[:, :context], codes[:, context - 1], L, velocity)
+    present = (L.flatten(2).amax(-1) > INK).float()                                  # (B, K)
+    total, step_mse, track_px = 0.0, [], []
+    for t in range(context, T):
+        out = model.layer_step(state, actions[:, t - 1] if actions is not None else None)
+        w = present * (score[:, :, t] > 0.5).float()                                  # (B, K)
+        err = state["offset"] - positions[:, :, t].float()
+        norm = (2 * w.sum()).clamp_min(1.0)
+        loss_t = (w[..., None] * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
+        if rewards is not None and "reward" in out:
+            loss_t = loss_t + F.mse_loss(out["reward"], rewards[:, t - 1])
+        total = total + loss_t
+        track_px.append(((w[..., None] * err.detach().abs()).sum() / norm).item())
+        with torch.no_grad():
+            raw = composite(L, state["offset"]).clamp(0, 1)
+            step_mse.append((raw - frames[:, t]).pow(2).flatten(1).sum(1).mean().item())
+            state["codes"] = model.encode(raw)
+    loss = total / (T - context)
+    return loss, {"loss": loss.item(), "rollout_mse": step_mse, "track_px": track_px}
