@@ -160,14 +160,17 @@ def bench_model(args) -> dict:
     """Time optimiser steps of the tokenizer and of the dynamics at the default sizes of
     train_sharp_v2.py, in float32 and (where the device supports it) bf16 autocast, and
     report the quality a finished run reached for its wall time (results/<run>/metrics.json)."""
+    from training import layers
     from training.train_sharp_v2 import CONFIG as TRAIN
-    from training.world_model import SharpWorldModelV2, dynamics_loss, tokenizer_loss
+    from training.train_sharp_v2 import resolve_predict
+    from training.world_model import SharpWorldModelV2, dynamics_loss, layer_dynamics_loss, tokenizer_loss
 
     device = utils.pick_device(args.device)
     torch.manual_seed(0)
     tok_batch, dyn_batch = args.tok_batch or TRAIN["tok_batch"], args.dyn_batch or TRAIN["dyn_batch"]
     frames = _bench_frames(args.model_dataset, tok_batch, dyn_batch)  # (N, T, 1, 64, 64)
-    model_cfg = {k: TRAIN[k] for k in ("channels", "code_dim", "num_codes", "hidden", "layers", "predict")}
+    model_cfg = {k: TRAIN[k] for k in ("channels", "code_dim", "num_codes", "hidden", "layers", "objects")}
+    model_cfg["predict"] = resolve_predict(TRAIN["predict"], args.model_dataset)
     machine = machine_info()
     precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
         else [False]
@@ -195,20 +198,31 @@ def bench_model(args) -> dict:
         model.tokenizer.requires_grad_(False)
         dopt = torch.optim.AdamW(model.dynamics.parameters(), lr=1e-4)
 
+        ctx = TRAIN["context"]
+        if model_cfg["predict"] == "layers":   # the layers are cut once per run (cached), as in training
+            L, v = layers.observe_layers(clips[:, :ctx], model_cfg["objects"])
+            P, S = layers.track(clips, L, ctx - 1, clips.shape[1] - 1)
+
         def dyn_step():
             with utils.autocast(device, bf16):
-                loss, _ = dynamics_loss(model, clips, codes, TRAIN["context"], 0.0)
+                if model_cfg["predict"] == "layers":
+                    loss, _ = layer_dynamics_loss(model, clips, codes, ctx, L, v, P, S)
+                else:
+                    loss, _ = dynamics_loss(model, clips, codes, ctx, 0.0)
             dopt.zero_grad(set_to_none=True)
             loss.backward()
             dopt.step()
 
         s = _time_steps(dyn_step, max(2, args.steps // 3), device)
-        n_frames = clips.shape[0] * (clips.shape[1] - 1)
+        # frames the loss predicts per clip: every step after the first (motion, embedding)
+        # or the frames after the context (layers)
+        n_frames = clips.shape[0] * (clips.shape[1] - (ctx if model_cfg["predict"] == "layers" else 1))
         rows.append({"phase": "dynamics", "precision": "bf16" if bf16 else "fp32", "batch": clips.shape[0],
                      "s_per_step": round(s, 4), "frames_per_s": round(n_frames / s, 1)})
     result = {"section": "model", "device": str(device), "model_config": model_cfg,
               "what": "median seconds per optimiser step (forward, backward, AdamW) after 2 warm-up steps; "
-                      "dynamics frames = clips x (T-1) predicted steps, free-running after the context",
+                      "dynamics frames = clips x predicted frames (T-1 for motion/embedding, T-context "
+                      "for layers), free-running after the context",
               "rows": rows, "machine": machine, "command": "python " + " ".join(map(shlex.quote, sys.argv))}
     run_metrics = utils.REPO_ROOT / "results" / args.run / "metrics.json"
     if run_metrics.exists():

@@ -129,15 +129,20 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     grid = rec.shapes[q][1:]
     blocks.append(("quantizer", "embeddings", "codebook lookup", f"{q.dim} x {grid[0]} x {grid[1]}", None))
     extra = ("emb+xy" + ("+act" if dyn.action_dim else "")
-             + (f"+NCC {(2 * dyn.motion_radius + 1) ** 2}" if dyn.motion_radius else ""))
+             + (f"+NCC {(2 * dyn.motion_radius + 1) ** 2}" if dyn.motion_radius else "")
+             + ("+layer 5" if dyn.predict == "layers" else ""))
     blocks.append(("dynamics", "stem", f"{describe(dyn.stem)} ({dyn.stem.in_channels} ch: {extra})",
                    shape_text(rec.shapes[dyn.stem]), n(dyn.stem)))
     blocks.append(("dynamics", f"ConvGRU x {len(dyn.cells)}", "stacked cells, state kept",
                    shape_text(rec.shapes[dyn.cells[0]]) + " each", sum(n(c) for c in dyn.cells)))
-    head_name = "motion head (px/frame)" if dyn.predict == "motion" else "next-embedding head"
+    head_name = {"motion": "motion head (px/frame)", "embedding": "next-embedding head",
+                 "layers": "layer head (pooled)"}[dyn.predict]
     head_layers = describe(dyn.head) + ("+prior" if dyn.predict == "motion" and dyn.motion_radius else "")
     blocks.append(("dynamics", head_name, head_layers, shape_text(rec.shapes[dyn.head]), n(dyn.head)))
-    if dyn.predict == "motion":
+    if dyn.predict == "layers":
+        blocks.append(("warp", "move layers", f"{model.objects} rigid layers, overlaid", shape_text(warp_shapes[0]), 0))
+        blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
+    elif dyn.predict == "motion":
         blocks.append(("warp", "warp", "last seen frame, summed d", shape_text(warp_shapes[0]), 0))
         blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
     else:
