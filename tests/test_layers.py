@@ -94,3 +94,22 @@ def test_layer_loss_teaches_a_wall_bounce():
         opt.zero_grad(); loss.backward(); opt.step()
     after = error()
     assert before[-1] == 9.0 and after[-1] < 0.3 * before[-1]   # mean over x and y: 18 px off in x
+
+
+def test_layer_rollout_feeds_actions_as_training_does():
+    """Frame t follows the action taken at frame t-1, in `imagine` as in the loss: the
+    first predicted frame gets the last context action."""
+    model = SharpWorldModelV2(**TINY, action_dim=1, reward_head=True).eval()
+    seen = []
+    step = model.dynamics.step
+
+    def recording_step(emb, hidden, action=None, **kw):
+        seen.append(action[0, 0].item())
+        return step(emb, hidden, action, **kw)
+    model.dynamics.step = recording_step
+    x = _two_squares(T=8)
+    actions = torch.arange(8, dtype=torch.float32).view(1, 8, 1)
+    with torch.no_grad():
+        out = model.imagine(model.observe(x[:, :5], actions[:, :5]), 3, actions[:, 5:])
+    assert out["rewards"].shape == (1, 3)
+    assert seen == [4.0, 5.0, 6.0]   # one call per step (all layers in one batch)

@@ -488,7 +488,10 @@ class SharpWorldModelV2(nn.Module):
         already computed. Returns a state dict for `imagine`."""
         B, Tc = context.shape[:2]
         if self.dynamics.predict == "layers":   # only the last frame's tokens are needed
-            return self.observe_layers(context, self.encode(context[:, -1]) if codes is None else codes[:, -1])
+            state = self.observe_layers(context, self.encode(context[:, -1]) if codes is None else codes[:, -1])
+            # the action taken at the last context frame moves it to the first predicted one
+            state["action"] = actions[:, -1] if actions is not None else None
+            return state
         if codes is None:
             codes = self.encode(context.flatten(0, 1)).view(B, Tc, self.grid, self.grid)
         hidden = self.dynamics.init_hidden(B, context.device, self.grid, self.grid)
@@ -508,7 +511,8 @@ class SharpWorldModelV2(nn.Module):
         velocities (training/layers.py; or given: L (B, K, H, W), velocity (B, K, 2)), and
         a fresh ConvGRU state per layer. codes (B, h, w): the last frame's tokens. The
         ConvGRU does not run over the context (what it needs of the past, the velocity,
-        comes from tracking the layers), so context actions are not used."""
+        comes from tracking the layers), so of the context actions only the last is used
+        (by `imagine`: it leads to the first predicted frame)."""
         from training import layers
 
         if L is None:
@@ -549,7 +553,10 @@ class SharpWorldModelV2(nn.Module):
         state = dict(state)
         frames, codes, rewards = [], [], []
         for t in range(horizon):
-            out = self.layer_step(state, actions[:, t] if actions is not None else None)
+            # frame t+1 of the prediction follows the action taken at the frame before it,
+            # as in training (`layer_dynamics_loss`: actions[:, t - 1] leads to frame t)
+            a = state.get("action") if t == 0 else (actions[:, t - 1] if actions is not None else None)
+            out = self.layer_step(state, a)
             c = self.encode(composite(state["layers"], state["offset"]).clamp(0, 1))
             frames.append(self.decode(c))
             codes.append(c)
