@@ -200,8 +200,7 @@ def bench_model(args) -> dict:
 
         ctx = TRAIN["context"]
         if model_cfg["predict"] == "layers":   # the layers are cut once per run (cached), as in training
-            L, v = layers.observe_layers(clips[:, :ctx], model_cfg["objects"])
-            P, S = layers.track(clips, L, ctx - 1, clips.shape[1] - 1)
+            L, v, P, S = layers.cut(clips, model_cfg["objects"], ctx)
 
         def dyn_step():
             with utils.autocast(device, bf16):

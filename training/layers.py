@@ -37,9 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# world_model imports this module inside its layer methods, so these imports are not circular
+# world_model imports this module inside its layer methods, so this import is not circular
 from training import world_model as wm
-from training.world_model import evidence_confidence, evidence_motion, motion_evidence
 
 SEARCH_PX = 6        # template search radius per frame (Moving MNIST moves <= 5 px/frame)
 INK = 0.05           # pixels brighter than this belong to an object
@@ -176,9 +175,8 @@ def segment(context: torch.Tensor, objects: int, radius: int = 5):
     the last frame in exactly one layer (a layer may be empty)."""
     B, T, _, H, W = context.shape
     grid = H // 4   # the code grid's cells
-    ev = motion_evidence(context[:, -2], context[:, -1], radius, grid)
-    v = evidence_motion(ev, radius, torch.tensor(100.0))                    # (B, 2, g, g) px/frame
-    conf = evidence_confidence(ev)[:, 0]                                    # (B, g, g)
+    _, v, conf = wm.flow_targets(context[:, -2:], radius, grid)             # the last pair's reading
+    v, conf = v[:, 0], conf[:, 0, 0]                                        # (B, 2, g, g) px/frame, (B, g, g)
     # Only cells with ink of their own vote: an empty cell's 20-px window reaches the
     # edge of an object and reads odd displacements, which the far-apart start of
     # k-means would pick as a centre. On 128 Moving MNIST test clips (the default model)
@@ -212,9 +210,26 @@ def observe_layers(context: torch.Tensor, objects: int):
     return L, v * (L.flatten(2).amax(-1) > INK)[..., None]
 
 
-def composite(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
-    """Layers moved by D and overlaid by their maximum (how Moving MNIST draws overlaps).
-    L (B, K, H, W); D (B, K, 2) px (x, y), bilinear for sub-pixel moves -> (B, 1, H, W)."""
+@torch.no_grad()
+def cut(clips: torch.Tensor, objects: int, context: int):
+    """What training needs of each clip, computed once: the layers of frame context-1
+    and their velocities (`observe_layers` on the context), and where each layer is in
+    every later frame (`track`). clips (B, T, 1, H, W) -> L (B, K, H, W), v (B, K, 2),
+    positions (B, K, T, 2), score (B, K, T)."""
+    L, v = observe_layers(clips[:, :context], objects)
+    with torch.autocast(clips.device.type, enabled=False):
+        P, S = track(clips.float(), L, context - 1, clips.shape[1] - 1)
+    return L, v, P, S
+
+
+def move(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Each layer moved by its offset. L (B, K, H, W); D (B, K, 2) px (x, y), bilinear for
+    sub-pixel moves -> (B, K, H, W)."""
     B, K, H, W = L.shape
-    moved = wm.warp(L.flatten(0, 1)[:, None], D.flatten(0, 1)[:, :, None, None].float())
-    return moved.view(B, K, H, W).amax(1, keepdim=True)
+    return wm.warp(L.flatten(0, 1)[:, None], D.flatten(0, 1)[:, :, None, None].float()).view(B, K, H, W)
+
+
+def composite(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Layers moved by D and overlaid by their maximum (how Moving MNIST draws overlaps):
+    (B, K, H, W), (B, K, 2) -> (B, 1, H, W)."""
+    return move(L, D).amax(1, keepdim=True)

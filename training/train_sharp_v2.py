@@ -178,9 +178,7 @@ def cache_layers(cfg, clips, device, path):
            "context": np.array(ctx)}   # the cut is of frame context-1: a new --context needs a new cut
     for i in tqdm(range(0, N, 64), desc="cutting layers"):
         x = to_float(clips[i:i + 64], device)
-        L, v = layers.observe_layers(x[:, :ctx], K)
-        P, S = layers.track(x, L, ctx - 1, T - 1)
-        for key, val in (("L", L), ("velocity", v), ("positions", P), ("score", S)):
+        for key, val in zip(("L", "velocity", "positions", "score"), layers.cut(x, K, ctx)):
             out[key][i:i + 64] = val.cpu().numpy()
     with utils.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

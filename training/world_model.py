@@ -522,25 +522,28 @@ class SharpWorldModelV2(nn.Module):
         ys, xs = torch.meshgrid(torch.arange(H, device=L.device, dtype=torch.float32),
                                 torch.arange(W, device=L.device, dtype=torch.float32), indexing="ij")
         centre = torch.stack([(L * xs).sum((2, 3)) / mass, (L * ys).sum((2, 3)) / mass], -1)   # (B, K, 2)
+        # 'moved': the layers at their current offset (B, K, H, W), kept so that each move
+        # is warped once, for both the next step's coverage and the overlay.
         return {"hidden": self.dynamics.init_hidden(B * K, L.device, self.grid, self.grid),
                 "layers": L.float(), "offset": L.new_zeros(B, K, 2, dtype=torch.float32),
-                "velocity": velocity.float(), "centre": centre, "codes": codes,
-                "frame": context[:, -1].float()}
+                "moved": L.float(), "velocity": velocity.float(), "centre": centre, "codes": codes}
 
     def layer_step(self, state, action=None):
         """One step of every layer from the current tokens (predict="layers"). Updates
-        state['offset'], ['velocity'], ['hidden'] in place; returns the dynamics output."""
-        from training.layers import composite
+        state['offset'], ['moved'], ['velocity'], ['hidden'] in place; the next frame's
+        overlay is state['moved'].amax(1). Returns the dynamics output."""
+        from training.layers import INK, move
 
         L, off, vel = state["layers"], state["offset"], state["velocity"]
         B, K = L.shape[:2]
         emb = self.embed(state["codes"]).repeat_interleave(K, 0)                   # (B*K, D, h, w)
-        moved = composite(L.flatten(0, 1)[:, None], off.flatten(0, 1)[:, None])   # (B*K, 1, H, W)
-        mask = F.adaptive_avg_pool2d((moved > 0.05).float(), self.grid)            # (B*K, 1, h, w)
+        covered = (state["moved"].flatten(0, 1)[:, None] > INK).float()            # (B*K, 1, H, W)
+        mask = F.adaptive_avg_pool2d(covered, self.grid)                           # (B*K, 1, h, w)
         a = action.repeat_interleave(K, 0) if action is not None else None
         layer = (mask, vel.flatten(0, 1), (state["centre"] + off).flatten(0, 1))
         out, state["hidden"] = self.dynamics.step(emb, state["hidden"], a, layer=layer)
         state["offset"] = off + out["displacement"].view(B, K, 2)
+        state["moved"] = move(L, state["offset"])
         state["velocity"] = out["velocity"].view(B, K, 2)
         if "reward" in out:
             out["reward"] = out["reward"].view(B, K).sum(1)
@@ -548,8 +551,6 @@ class SharpWorldModelV2(nn.Module):
 
     def imagine_layers(self, state, horizon: int, actions=None):
         """`imagine` for predict="layers": move the layers, overlay, re-tokenise."""
-        from training.layers import composite
-
         state = dict(state)
         frames, codes, rewards = [], [], []
         for t in range(horizon):
@@ -557,7 +558,7 @@ class SharpWorldModelV2(nn.Module):
             # as in training (`layer_dynamics_loss`: actions[:, t - 1] leads to frame t)
             a = state.get("action") if t == 0 else (actions[:, t - 1] if actions is not None else None)
             out = self.layer_step(state, a)
-            c = self.encode(composite(state["layers"], state["offset"]).clamp(0, 1))
+            c = self.encode(state["moved"].amax(1, keepdim=True).clamp(0, 1))
             frames.append(self.decode(c))
             codes.append(c)
             if "reward" in out:
@@ -665,6 +666,17 @@ def flow_targets(frames: torch.Tensor, radius: int, grid: int):
             conf.view(B, T - 1, 1, grid, grid))
 
 
+def weighted_smooth_l1(err: torch.Tensor, weight: torch.Tensor):
+    """Smooth L1 of a displacement error (px), weighted and normalised by the weight's
+    mass so its scale does not depend on how much of the batch counts (empty background,
+    layers not found). err (..., 2, ...); weight broadcastable to err, >= 0 -> (loss,
+    the weighted mean absolute error in px as a float for the logs)."""
+    weight = weight.expand_as(err)
+    norm = weight.sum().clamp_min(1e-6)
+    loss = (weight * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
+    return loss, ((weight * err.detach().abs()).sum() / norm).item()
+
+
 def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.Tensor, context: int,
                   teacher_prob: float = 0.0, actions=None, rewards=None):
     """One unrolled training pass of the dynamics over a clip.
@@ -722,10 +734,8 @@ def dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: torch.T
         if flow:
             # Normalised by the confidence mass, so the scale does not depend on how much
             # of the frame is empty background.
-            conf, err = flow_conf[:, t], out["motion"] - flow_target[:, t]
-            norm = (2 * conf.sum()).clamp_min(1e-6)
-            loss_t = (conf * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
-            flow_px.append(((conf * err.detach().abs()).sum() / norm).item())
+            loss_t, px = weighted_smooth_l1(out["motion"] - flow_target[:, t], flow_conf[:, t])
+            flow_px.append(px)
         elif dyn.predict == "motion":
             # Wide basins at two widths keep a misplaced stroke cheaper than a deleted
             # one; the mass term (relative brightness error) makes shrinking or fading
@@ -778,7 +788,7 @@ def layer_dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: t
     context-1: positions (B, K, T, 2), score (B, K, T). Returns (loss, logs) with
     logs['rollout_mse'] the per-step pixel error of the overlay (before re-tokenising)
     and logs['track_px'] the mean position error per step in pixels."""
-    from training.layers import INK, composite
+    from training.layers import INK
 
     T = frames.shape[1]
     state = model.observe_layers(frames[:, :context], codes[:, context - 1], L, velocity)
@@ -787,15 +797,13 @@ def layer_dynamics_loss(model: SharpWorldModelV2, frames: torch.Tensor, codes: t
     for t in range(context, T):
         out = model.layer_step(state, actions[:, t - 1] if actions is not None else None)
         w = present * (score[:, :, t] > 0.5).float()                                  # (B, K)
-        err = state["offset"] - positions[:, :, t].float()
-        norm = (2 * w.sum()).clamp_min(1.0)
-        loss_t = (w[..., None] * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
+        loss_t, px = weighted_smooth_l1(state["offset"] - positions[:, :, t].float(), w[..., None])
         if rewards is not None and "reward" in out:
             loss_t = loss_t + F.mse_loss(out["reward"], rewards[:, t - 1])
         total = total + loss_t
-        track_px.append(((w[..., None] * err.detach().abs()).sum() / norm).item())
+        track_px.append(px)
         with torch.no_grad():
-            raw = composite(L, state["offset"]).clamp(0, 1)
+            raw = state["moved"].amax(1, keepdim=True).clamp(0, 1)
             step_mse.append((raw - frames[:, t]).pow(2).flatten(1).sum(1).mean().item())
             state["codes"] = model.encode(raw)
     loss = total / (T - context)
