@@ -163,27 +163,26 @@ def bench_model(args) -> dict:
     from training import layers
     from training.train_sharp_v2 import CONFIG as TRAIN
     from training.train_sharp_v2 import resolve_predict
-    from training.world_model import SharpWorldModelV2, dynamics_loss, layer_dynamics_loss, tokenizer_loss
+    from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
     device = utils.pick_device(args.device)
     torch.manual_seed(0)
     tok_batch, dyn_batch = args.tok_batch or TRAIN["tok_batch"], args.dyn_batch or TRAIN["dyn_batch"]
     frames = _bench_frames(args.model_dataset, tok_batch, dyn_batch)  # (N, T, 1, 64, 64)
-    model_cfg = {k: TRAIN[k] for k in ("channels", "code_dim", "num_codes", "hidden", "layers", "objects")}
-    model_cfg["predict"] = resolve_predict(TRAIN["predict"], args.model_dataset)
+    model_cfg = ModelConfig.from_dict({**TRAIN, "predict": resolve_predict(TRAIN["predict"], args.model_dataset)})
     machine = machine_info()
     precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
         else [False]
     rows = []
     for bf16 in precisions:
-        model = SharpWorldModelV2(**model_cfg).to(device)
+        model = SharpWorldModelV2(model_cfg).to(device)
         # Tokenizer: tok_batch random frames per step, channels_last as in training.
         x = frames.flatten(0, 1)[:tok_batch].to(device).contiguous(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=1e-4)
 
         def tok_step():
             with utils.autocast(device, bf16):
-                loss, _ = tokenizer_loss(model, x)
+                loss, _ = tokenizer_loss(model.tokenizer, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,20 +193,17 @@ def bench_model(args) -> dict:
         # Dynamics: dyn_batch clips, unrolled over T frames, tokenizer frozen, free-running after context.
         clips = frames[:dyn_batch].to(device)
         with torch.no_grad():
-            codes = model.encode(clips.flatten(0, 1)).view(*clips.shape[:2], model.grid, model.grid)
+            batch = {"frames": clips, "codes": model.encode_clip(clips)}
         model.tokenizer.requires_grad_(False)
         dopt = torch.optim.AdamW(model.dynamics.parameters(), lr=1e-4)
 
         ctx = TRAIN["context"]
-        if model_cfg["predict"] == "layers":   # the layers are cut once per run (cached), as in training
-            L, v, P, S = layers.cut(clips, model_cfg["objects"], ctx)
+        if model_cfg.predict == "layers":   # the layers are cut once per run (cached), as in training
+            batch.update(zip(("L", "velocity", "positions", "score"), layers.cut(clips, model_cfg.objects, ctx)))
 
         def dyn_step():
             with utils.autocast(device, bf16):
-                if model_cfg["predict"] == "layers":
-                    loss, _ = layer_dynamics_loss(model, clips, codes, ctx, L, v, P, S)
-                else:
-                    loss, _ = dynamics_loss(model, clips, codes, ctx, 0.0)
+                loss, _ = model(batch, ctx)
             dopt.zero_grad(set_to_none=True)
             loss.backward()
             dopt.step()
@@ -215,10 +211,10 @@ def bench_model(args) -> dict:
         s = _time_steps(dyn_step, max(2, args.steps // 3), device)
         # frames the loss predicts per clip: every step after the first (motion, embedding)
         # or the frames after the context (layers)
-        n_frames = clips.shape[0] * (clips.shape[1] - (ctx if model_cfg["predict"] == "layers" else 1))
+        n_frames = clips.shape[0] * (clips.shape[1] - (ctx if model_cfg.predict == "layers" else 1))
         rows.append({"phase": "dynamics", "precision": "bf16" if bf16 else "fp32", "batch": clips.shape[0],
                      "s_per_step": round(s, 4), "frames_per_s": round(n_frames / s, 1)})
-    result = {"section": "model", "device": str(device), "model_config": model_cfg,
+    result = {"section": "model", "device": str(device), "model_config": model_cfg.to_dict(),
               "what": "median seconds per optimiser step (forward, backward, AdamW) after 2 warm-up steps; "
                       "dynamics frames = clips x predicted frames (T-1 for motion/embedding, T-context "
                       "for layers), free-running after the context",

@@ -21,6 +21,7 @@ import utils  # noqa: E402  (import before torch: sets OMP/malloc tuning)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from training import motion  # noqa: E402
 from training import world_model as wm  # noqa: E402
 
 CONFIG = dict(
@@ -99,22 +100,22 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     for m in watched:
         rec.watch(m)
     warp_shapes = []
-    original_warp = wm.warp
+    original_warp = motion.warp
 
     def recording_warp(frames, motion):
         out = original_warp(frames, motion)
         warp_shapes.append(tuple(out.shape))
         return out
 
-    size = model.config["image_size"]
+    size = model.config.image_size
     x = torch.rand(1, context, 1, size, size)
     actions = torch.zeros(1, context + 1, dyn.action_dim) if dyn.action_dim else None
-    wm.warp = recording_warp
+    motion.warp = recording_warp   # every unit warps through the module attribute
     try:
         with torch.no_grad():
             model.eval().rollout(x, 1, actions)
     finally:
-        wm.warp = original_warp
+        motion.warp = original_warp
         rec.remove()
 
     n = wm.count_parameters
@@ -128,21 +129,21 @@ def trace(model: wm.SharpWorldModelV2, context: int):
                    "codes " + shape_text(rec.shapes[q]), f"{q.codebook.numel() / 1e3:.1f}k EMA values (buffer)"))
     grid = rec.shapes[q][1:]
     blocks.append(("quantizer", "embeddings", "codebook lookup", f"{q.dim} x {grid[0]} x {grid[1]}", None))
+    predict = model.config.predict
     extra = ("emb+xy" + ("+act" if dyn.action_dim else "")
-             + (f"+NCC {(2 * dyn.motion_radius + 1) ** 2}" if dyn.motion_radius else "")
-             + ("+layer 5" if dyn.predict == "layers" else ""))
+             + (f"+layer {model.unit.extra_in}" if model.unit.extra_in else ""))
     blocks.append(("dynamics", "stem", f"{describe(dyn.stem)} ({dyn.stem.in_channels} ch: {extra})",
                    shape_text(rec.shapes[dyn.stem]), n(dyn.stem)))
     blocks.append(("dynamics", f"ConvGRU x {len(dyn.cells)}", "stacked cells, state kept",
                    shape_text(rec.shapes[dyn.cells[0]]) + " each", sum(n(c) for c in dyn.cells)))
     head_name = {"motion": "motion head (px/frame)", "embedding": "next-embedding head",
-                 "layers": "layer head (pooled)"}[dyn.predict]
-    head_layers = describe(dyn.head) + ("+prior" if dyn.predict == "motion" and dyn.motion_radius else "")
+                 "layers": "layer head (pooled)"}[predict]
+    head_layers = describe(dyn.head)
     blocks.append(("dynamics", head_name, head_layers, shape_text(rec.shapes[dyn.head]), n(dyn.head)))
-    if dyn.predict == "layers":
-        blocks.append(("warp", "move layers", f"{model.objects} rigid layers, overlaid", shape_text(warp_shapes[0]), 0))
+    if predict == "layers":
+        blocks.append(("warp", "move layers", f"{model.config.objects} rigid layers, overlaid", shape_text(warp_shapes[0]), 0))
         blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
-    elif dyn.predict == "motion":
+    elif predict == "motion":
         blocks.append(("warp", "warp", "last seen frame, summed d", shape_text(warp_shapes[0]), 0))
         blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
     else:
@@ -153,7 +154,7 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     blocks.append(("io", "next frame", "sigmoid", shape_text(x[:, 0].shape), None))
     totals = {"tokenizer": n(tok), "dynamics": n(dyn), "total": n(model)}
     reward = n(dyn.reward) if dyn.reward is not None else None
-    return blocks, totals, reward, dyn.predict
+    return blocks, totals, reward, predict
 
 
 def fmt_params(p) -> str:
@@ -237,7 +238,10 @@ def main():
         ckpt = utils.load_checkpoint(cfg["checkpoint"])
         if "model_config" not in ckpt:
             raise SystemExit(f"error: {cfg['checkpoint']} is not a world-model checkpoint (no 'model_config')")
-        model = wm.SharpWorldModelV2(**ckpt["model_config"])
+        try:
+            model = wm.SharpWorldModelV2(wm.ModelConfig.from_checkpoint(ckpt["model_config"]))
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"error: {cfg['checkpoint']} is of another version ({exc}); retrain it") from None
         source = f"config of {cfg['checkpoint']}"
     else:
         model = wm.SharpWorldModelV2()
@@ -245,7 +249,7 @@ def main():
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / "architecture"
     blocks, totals, reward, predict = trace(model, max(1, cfg["context"]))
     path = out_dir / "architecture_diagram.png"
-    draw(blocks, totals, reward, predict, model.config, path, source)
+    draw(blocks, totals, reward, predict, model.config.to_dict(), path, source)
     print(f"wrote {path} ({totals['total']:,} parameters)")
 
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
-from training.world_model import SharpWorldModelV2  # noqa: E402
+from training.world_model import ModelConfig, SharpWorldModelV2  # noqa: E402
 
 CONFIG = dict(
     checkpoint="",         # default: checkpoints/sharp_v2/latest.pt (what train_sharp_v2.py saves)
@@ -57,15 +57,15 @@ def load_model(path: Path, device: torch.device):
         raise SystemExit(f"error: {path} is not a world-model checkpoint (no 'model_config'/'model'); "
                          f"pass the checkpoint written by training/train_sharp_v2.py")
     try:
-        model = SharpWorldModelV2(**ckpt["model_config"])
+        model = SharpWorldModelV2(ModelConfig.from_checkpoint(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}); "
                          f"was it written by an older version? retrain it") from None
-    if model.config.get("action_dim", 0):
+    if model.config.action_dim:
         raise SystemExit(f"error: {path} is an action-conditioned model (action_dim="
-                         f"{model.config['action_dim']}); eval_sharp evaluates action-free video models")
+                         f"{model.config.action_dim}); eval_sharp evaluates action-free video models")
     return model.to(device).eval(), ckpt
 
 
@@ -132,28 +132,36 @@ class PositionError:
 
 
 @torch.no_grad()
-def evaluate(model, frames, positions, cfg, device, example_ids):
-    """Roll out over all sequences; returns per-step results, long-rollout results (or
-    None) and the example sequences (truth, prediction) on the CPU."""
+def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_horizon: int = 0,
+             positions=None, batch_size: int = 32, example_ids=(), bf16: bool = True, progress: bool = True):
+    """The one rollout evaluation (this script, both training scripts): feed `context`
+    true frames, roll out, score every predicted step against the truth beside the
+    copy-last and blank baselines (evaluation/metrics.py), and the body-position error
+    where `positions` (N, T, K, 2) are given.
+
+    frames uint8 (N, T, H, W) (a memmap is fine). Returns {'short': {name: {metric: per
+    step}}, 'long': the same over `long_horizon` steps or None (run when long_horizon >
+    horizon and the clips are long enough), 'long_horizon', 'examples': {'truth' (E,
+    ctx+hor, H, W), 'pred' (E, hor, H, W)} for `example_ids`}."""
     n, T = frames.shape[:2]
-    ctx, hor = cfg["context"], cfg["horizon"]
-    long_h = cfg["long_horizon"] if cfg["long_horizon"] > hor and T >= ctx + cfg["long_horizon"] else 0
+    ctx, hor = context, horizon
+    long_h = long_horizon if long_horizon > hor and T >= ctx + long_horizon else 0
     steps = max(hor, long_h)   # one rollout; the main horizon is its prefix (rollouts are deterministic)
     short = {k: M.StepMetrics() for k in NAMES}
     long = {k: M.StepMetrics() for k in NAMES} if long_h else None
     pos_short = {k: PositionError(hor) for k in NAMES} if positions is not None else None
     pos_long = {k: PositionError(long_h) for k in NAMES} if positions is not None and long_h else None
     examples = {"truth": [], "pred": []}
-    bs = cfg["batch_size"]
-    for start in range(0, n, bs):
-        idx = np.arange(start, min(start + bs, n))
+    model.eval()
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
         x = torch.from_numpy(np.array(frames[idx[0]:idx[-1] + 1, :ctx + steps]))  # copy: memmaps are read-only
         x = x.to(device).float().div_(255.0).unsqueeze(2)          # (B, ctx+steps, 1, H, W)
-        context, truth = x[:, :ctx], x[:, ctx:]
-        with utils.autocast(device):
-            pred = model.rollout(context, steps)
+        context_frames, truth = x[:, :ctx], x[:, ctx:]
+        with utils.autocast(device, bf16):
+            pred = model.rollout(context_frames, steps)
         pred = pred.float().clamp(0, 1)
-        preds = {"model": pred, **M.baselines(context, truth)}
+        preds = {"model": pred, **M.baselines(context_frames, truth)}
         for name, p in preds.items():
             short[name].update(p[:, :hor], truth[:, :hor])
             if long is not None:
@@ -165,10 +173,12 @@ def evaluate(model, frames, positions, cfg, device, example_ids):
                     pos_long[name].update(p, true_pos)
         keep = [i - start for i in example_ids if start <= i < start + len(idx)]
         if keep:
-            examples["truth"].append(x[keep, :ctx + hor, 0].cpu())
-            examples["pred"].append(pred[keep, :hor, 0].cpu())
-        print(f"\r  evaluated {idx[-1] + 1}/{n} sequences", end="", flush=True)
-    print()
+            examples["truth"].append(x[keep, :ctx + steps, 0].cpu())
+            examples["pred"].append(pred[keep, :, 0].cpu())
+        if progress:
+            print(f"\r  evaluated {idx[-1] + 1}/{n} sequences", end="", flush=True)
+    if progress:
+        print()
 
     def gather(acc, pos):
         out = {}
@@ -179,10 +189,30 @@ def evaluate(model, frames, positions, cfg, device, example_ids):
             out[name] = per_step
         return out
 
-    results = gather(short, pos_short)
-    long_results = gather(long, pos_long) if long is not None else None
-    ex = {k: torch.cat(v) for k, v in examples.items()}
-    return results, long_results, long_h, ex
+    ex = {k: torch.cat(v) for k, v in examples.items()} if examples["truth"] else None
+    if ex is not None:
+        ex = {"truth": ex["truth"][:, :ctx + hor], "pred": ex["pred"][:, :hor],
+              "truth_long": ex["truth"], "pred_long": ex["pred"]}
+    return {"short": gather(short, pos_short), "long": gather(long, pos_long) if long is not None else None,
+            "long_horizon": long_h, "examples": ex}
+
+
+@torch.no_grad()
+def tokenizer_quality(model, frames, device, batch_size: int = 32, bf16: bool = True) -> dict:
+    """Reconstruction of every frame of `frames` (uint8 (N, T, H, W)) through the codes:
+    PSNR (dB, mean over frames) and L1 per pixel."""
+    model.eval()
+    psnr, l1, count = 0.0, 0.0, 0
+    for start in range(0, frames.shape[0], batch_size):
+        x = torch.from_numpy(np.array(frames[start:start + batch_size])).to(device).float().div_(255.0)
+        x = x.flatten(0, 1).unsqueeze(1)                                           # (B*T, 1, H, W)
+        with utils.autocast(device, bf16):
+            recon = model.reconstruct(x).float()
+        mse = (recon - x).pow(2).mean((1, 2, 3))
+        psnr += float((-10 * torch.log10(mse.clamp_min(1e-10))).sum())
+        l1 += float((recon - x).abs().mean((1, 2, 3)).sum())
+        count += x.shape[0]
+    return {"psnr": psnr / count, "l1_per_pixel": l1 / count}
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,7 +371,7 @@ def main():
 
     frames, data_name, states_path = load_frames(cfg, ckpt_config)
     n_all, T, H, W = frames.shape
-    size = model.config["image_size"]
+    size = model.config.image_size
     if (H, W) != (size, size):
         raise SystemExit(f"error: {data_name} has {H}x{W} frames but the model takes {size}x{size}; "
                          f"regenerate the data with --size {size}")
@@ -359,7 +389,8 @@ def main():
     example_ids = sorted(rng.choice(n, size=min(cfg["examples"], n), replace=False).tolist())
 
     print(f"evaluating {ckpt_path} on {data_name} ({n} sequences, {ctx} context -> {hor} predicted)")
-    results, long_results, long_h, ex = evaluate(model, frames, positions, cfg, device, example_ids)
+    ev = evaluate(model, frames, device, ctx, hor, cfg["long_horizon"], positions, cfg["batch_size"], example_ids)
+    results, long_results, long_h, ex = ev["short"], ev["long"], ev["long_horizon"], ev["examples"]
 
     print_table(results, f"per-step metrics, {ctx} -> {hor} (model | copy-last | blank)")
     if long_results is not None:
@@ -372,7 +403,7 @@ def main():
     summary = {
         "config": cfg, "checkpoint": str(ckpt_path), "run": run, "dataset": data_name,
         "num_sequences": n, "frames_per_sequence": T, "context": ctx, "horizon": hor,
-        "device": str(device), "model_config": model.config, "example_sequences": example_ids,
+        "device": str(device), "model_config": model.config.to_dict(), "example_sequences": example_ids,
         "position_error": positions is not None,
         **to_json(results),
     }

@@ -163,7 +163,7 @@ def tiny_setup(tmp_path_factory):
     torch.manual_seed(0)
     model = SharpWorldModelV2(**TINY)
     ckpt = d / "ckpt.pt"
-    utils.save_checkpoint({"config": {"run": "t", "dataset": "x"}, "model_config": model.config,
+    utils.save_checkpoint({"config": {"run": "t", "dataset": "x"}, "model_config": model.config.to_dict(),
                            "model": model.state_dict()}, ckpt)
     frames = np.zeros((4, 20, 64, 64), np.uint8)
     for i in range(4):
@@ -243,7 +243,7 @@ def test_eval_sharp_bad_checkpoints(tiny_setup, tmp_path, monkeypatch):
                                                               f"--data={data}")
     wrong = tmp_path / "wrong.pt"
     model = SharpWorldModelV2(**TINY)
-    utils.save_checkpoint({"config": {}, "model_config": {**model.config, "hidden": 8},
+    utils.save_checkpoint({"config": {}, "model_config": {**model.config.to_dict(), "hidden": 8},
                            "model": model.state_dict()}, wrong)
     assert "does not match" in _eval_in_process(monkeypatch, f"--checkpoint={wrong}", f"--data={data}")
 

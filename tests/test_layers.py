@@ -4,7 +4,7 @@ that learns a wall bounce from tracked positions."""
 import torch
 
 from training.layers import composite, fit_velocity, observe_layers, shift, track
-from training.world_model import SharpWorldModelV2, layer_dynamics_loss
+from training.world_model import SharpWorldModelV2
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1, predict="layers")
 
@@ -80,17 +80,17 @@ def test_layer_loss_teaches_a_wall_bounce():
     context = 6
     model = SharpWorldModelV2(**TINY, objects=1)
     model.tokenizer.requires_grad_(False)
-    codes = model.encode(frames.flatten(0, 1)).view(1, len(xs), 16, 16)
     L, v = observe_layers(frames[:, :context], 1)
     P, S = track(frames, L, context - 1, len(xs) - 1)
+    batch = {"frames": frames, "codes": model.encode_clip(frames), "L": L, "velocity": v, "positions": P, "score": S}
     assert P[0, 0, context:, 0].tolist() == [3, 6, 9, 6, 3, 0]      # the targets see the turn
     opt = torch.optim.Adam(model.dynamics.parameters(), 1e-2)
 
     def error():
-        return layer_dynamics_loss(model, frames, codes, context, L, v, P, S)[1]["track_px"]
+        return model(batch, context)[1]["track_px"]
     before = error()
     for _ in range(80):
-        loss, logs = layer_dynamics_loss(model, frames, codes, context, L, v, P, S)
+        loss, logs = model(batch, context)
         opt.zero_grad(); loss.backward(); opt.step()
     after = error()
     assert before[-1] == 9.0 and after[-1] < 0.3 * before[-1]   # mean over x and y: 18 px off in x
@@ -103,9 +103,9 @@ def test_layer_rollout_feeds_actions_as_training_does():
     seen = []
     step = model.dynamics.step
 
-    def recording_step(emb, hidden, action=None, **kw):
+    def recording_step(emb, hidden, action=None, planes=None):
         seen.append(action[0, 0].item())
-        return step(emb, hidden, action, **kw)
+        return step(emb, hidden, action, planes)
     model.dynamics.step = recording_step
     x = _two_squares(T=8)
     actions = torch.arange(8, dtype=torch.float32).view(1, 8, 1)

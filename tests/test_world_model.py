@@ -3,8 +3,8 @@ straight-through gradients, ConvGRU and rollout shapes, a tiny model that learns
 import torch
 import torch.nn.functional as F
 
-from training.world_model import (ConvGRUCell, SharpWorldModelV2, VectorQuantizer, dynamics_loss,
-                                  compose_motion, flow_targets, motion_evidence, tokenizer_loss, warp)
+from training.motion import compose, correlation, read, warp
+from training.world_model import ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
 
@@ -90,14 +90,14 @@ def test_composed_motion_equals_successive_warps():
     step = torch.zeros(1, 2, 8, 8)
     step[:, 0, :, :4] = 2.0
     step[:, 1, :, 4:] = 3.0
-    total = compose_motion(compose_motion(None, step, 32), step, 32)
+    total = compose(compose(None, step, 32), step, 32)
     once = warp(img, total)
     twice = warp(warp(img, step), step)
     assert torch.allclose(once, twice, atol=1e-5)
     assert once[0, 0, 4:8, 8:12].min() > 0.99 and once[0, 0, 10:14, 22:26].min() > 0.49
 
 
-def test_motion_evidence_peaks_at_the_true_offset():
+def test_correlation_peaks_at_the_true_offset():
     # A textured patch moves by (dx, dy) = (+3, -2) between two frames: in the cells
     # it covers, the correlation peaks at channel (r - dy) * (2r + 1) + (r - dx),
     # the offset back to where the content was; empty cells carry no evidence.
@@ -106,43 +106,12 @@ def test_motion_evidence_peaks_at_the_true_offset():
     prev = torch.zeros(1, 1, 32, 32)
     prev[0, 0, 10:22, 10:22] = torch.rand(12, 12)
     cur = torch.roll(prev, shifts=(-2, 3), dims=(2, 3))
-    ev = motion_evidence(prev, cur, r, 8)
+    ev = correlation(prev, cur, r, 8)
     assert ev.shape == (1, k * k, 8, 8)
     assert (ev[0, :, 3, 3].argmax() == (r + 2) * k + (r - 3)).item()
     assert ev[0, :, 3, 3].max() > 0.8 and ev[0, :, 7, 0].abs().max() < 1e-6
-    # The rollout feeds the same evidence from its own frames: a model without it
-    # (motion_radius=0) still runs.
-    pred = SharpWorldModelV2(**TINY, motion_radius=0).eval().rollout(torch.rand(1, 3, 1, 64, 64), 2)
-    assert pred.shape == (1, 2, 1, 64, 64)
-
-
-def test_velocity_prior_averages_rounded_displacements_and_resets_on_a_bounce():
-    # A textured patch drawn at whole-pixel positions round(10 + 2.4 t): single frame
-    # pairs show 2 or 3 px, the running mean recovers 2.4; a reversal starts afresh.
-    torch.manual_seed(0)
-    tex = torch.rand(12, 12)
-    xs = [10, 12, 15, 17, 20, 22, 20]          # +2, +3, +2, +3, +2, then back by 2
-    frames = torch.zeros(len(xs), 1, 1, 64, 64)
-    for t, x0 in enumerate(xs):
-        frames[t, 0, 0, 26:38, x0:x0 + 12] = tex
-    dyn = SharpWorldModelV2(**TINY, motion_radius=4).dynamics
-    vsum, weight = torch.zeros(1, 2, 16, 16), torch.zeros(1, 1, 16, 16)
-    priors = []
-    with torch.no_grad():
-        for t in range(1, len(xs)):
-            ev = motion_evidence(frames[t - 1], frames[t], 4, 16)
-            prior, vsum, weight = dyn.velocity_prior(ev, vsum, weight, 4.0)
-            cell = (xs[t] + 6) // 4                # the patch's centre cell
-            priors.append(prior[0, :, 8, cell])
-    assert abs(priors[4][0] - 2.4) < 0.15 and abs(priors[4][1]) < 0.1   # after 5 pairs
-    assert abs(priors[5][0] + 2.0) < 0.15       # the reversal is not averaged with +2.4
-
-
-def test_untrained_model_with_motion_radius_moves_content_at_the_observed_velocity():
-    model = SharpWorldModelV2(**TINY, motion_radius=3).eval()
-    motion = model.observe(_moving_square_clips()[:, :4])["out"]["motion"][:, :, 5:7, 4:7]
-    assert torch.allclose(motion[:, 0], torch.full_like(motion[:, 0], 2.0), atol=0.2)
-    assert motion[:, 1].abs().max() < 0.2
+    _, v, conf = read(prev, cur, r, 8)          # the displacement it shows: (+3, -2) px
+    assert torch.allclose(v[0, :, 3, 3], torch.tensor([3.0, -2.0]), atol=0.1) and conf[0, 0, 3, 3] > 0.8
 
 
 def test_rollout_shapes_range_and_actions():
@@ -174,47 +143,90 @@ def test_tiny_model_learns():
     opt = torch.optim.Adam(model.tokenizer.parameters(), 3e-3)
     first = None
     for _ in range(60):
-        loss, logs = tokenizer_loss(model, frames.flatten(0, 1))
+        loss, logs = tokenizer_loss(model.tokenizer, frames.flatten(0, 1))
         first = first or logs["mse"]
         opt.zero_grad(); loss.backward(); opt.step()
     assert logs["mse"] < 0.3 * first
     model.tokenizer.eval().requires_grad_(False)
-    codes = model.encode(frames.flatten(0, 1)).view(4, 6, 16, 16)
+    batch = {"frames": frames, "codes": model.encode_clip(frames)}
     opt = torch.optim.Adam(model.dynamics.parameters(), 1e-2)
     losses = []
     for _ in range(30):
-        loss, logs = dynamics_loss(model, frames, codes, context=3, teacher_prob=1.0)
+        loss, logs = model(batch, context=3, forced=[True] * 5)   # teacher forcing throughout
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(logs["loss"])
     assert min(losses[-5:]) < 0.7 * losses[0]  # the rest is the tiny tokenizer's own error
     # The motion head has found the true velocity (+2 px in x, 0 in y) on the square.
-    motion = model.observe(frames[:, :3])["out"]["motion"][:, :, 5:7, 3:6]
+    motion = 8 * torch.tanh(model.observe(frames[:, :3])["raw"][:, :, 5:7, 3:6] / 8)   # max_motion = 8
     assert torch.allclose(motion[:, 0], torch.full_like(motion[:, 0], 2.0), atol=0.3)
     assert motion[:, 1].abs().max() < 0.3
 
 
-def test_flow_target_reads_the_motion_and_trains_a_bounce():
-    """motion_radius > 0: the loss regresses the motion onto the displacement the
-    correlation reads between true frames, which teaches what the running prior
-    cannot foresee: a square moving +3 px/frame turns back at a wall (x = 40)."""
-    torch.manual_seed(0)
-    xs = [16, 19, 22, 25, 28, 31, 34, 37, 40, 37, 34, 31]
-    frames = torch.zeros(1, len(xs), 1, 64, 64)
-    for t, x0 in enumerate(xs):
-        frames[:, t, 0, 20:28, x0:x0 + 8] = torch.linspace(0.3, 1.0, 8)   # textured, not flat
-    _, target, conf = flow_targets(frames, 4, 16)
-    cell = (xs[1] + 4) // 4
-    assert abs(target[0, 0, 0, 5, cell] - 3.0) < 0.1 and conf[0, 0, 0, 5, cell] > 0.9
-    assert conf[0, 0, 0, 14, 1] < 1e-6                       # empty cell: no target
-    model = SharpWorldModelV2(**TINY, motion_radius=4)
-    model.tokenizer.requires_grad_(False)
-    codes = model.encode(frames.flatten(0, 1)).view(1, len(xs), 16, 16)
-    opt = torch.optim.Adam(model.dynamics.parameters(), 1e-2)
+def _random_head(model, scale=0.05):
+    """An untrained head starts at zero (constant velocity); give it random weights so
+    that every input, the action included, shows in the prediction."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.dynamics.head[-1].parameters():
+            p.normal_(0, scale)
+    return model
 
-    def reversal_error():   # motion error (px) on the frame pair 8 -> 9, the turn at the wall
-        return dynamics_loss(model, frames, codes, context=len(xs), teacher_prob=1.0)[1]["flow_px"][8]
-    before = reversal_error()
-    for _ in range(100):   # the turn is 1 of 11 steps: it is learnt last
-        loss, logs = dynamics_loss(model, frames, codes, context=len(xs), teacher_prob=1.0)
+
+def test_model_config_is_the_one_source_of_settings():
+    cfg = ModelConfig(hidden=12, action_dim=2)
+    model = SharpWorldModelV2(cfg)
+    assert model.config.to_dict() == {**ModelConfig().to_dict(), "hidden": 12, "action_dim": 2}
+    assert SharpWorldModelV2(**cfg.to_dict()).config == cfg
+    assert ModelConfig.from_dict({"hidden": 12, "action_dim": 2, "run": "x", "tok_lr": 1.0}) == cfg
+    try:
+        ModelConfig.from_checkpoint({**cfg.to_dict(), "old_option": 3})
+    except ValueError as exc:
+        assert "old_option" in str(exc)
+    else:
+        raise AssertionError("an unknown checkpoint setting must be refused")
+
+
+def test_action_at_step_k_changes_frame_k_plus_1_and_not_earlier():
+    """The action taken at frame k leads to frame k+1: changing the action of absolute
+    frame k (context Tc = 4, horizon 5) leaves predicted frames before k+1 alone."""
+    torch.manual_seed(0)
+    model = _random_head(SharpWorldModelV2(**TINY, action_dim=2)).eval()
+    ctx = _moving_square_clips(n=2)[:, :4]
+    actions = torch.zeros(2, 9, 2)
+    base = model.rollout(ctx, 5, actions)
+    for k in (3, 5, 7):   # the last context action and two of the predicted frames'
+        changed = actions.clone()
+        changed[:, k] = 3.0
+        pred = model.rollout(ctx, 5, changed)
+        first = k - 4 + 1   # index of frame k+1 among the predicted frames
+        assert torch.equal(pred[:, :first], base[:, :first]), k
+        assert (pred[:, first] - base[:, first]).abs().max() > 1e-3, k
+    state = model.observe(ctx, actions[:, :4])
+    assert model.latent(state).shape == (2, TINY["hidden"] * TINY["layers"] * 16)
+
+
+def test_tiny_model_learns_an_action_driven_push():
+    """A square pushed by the action (x += 3 a_t px, a_t = +-1 drawn at random): trained
+    free-running, the model follows the actions it is given; with the actions negated its
+    prediction is far worse."""
+    torch.manual_seed(0)
+    n, T = 8, 7
+    acts = torch.randint(0, 2, (n, T, 1)).float() * 2 - 1
+    frames = torch.zeros(n, T, 1, 64, 64)
+    x = torch.full((n,), 28.0)
+    for t in range(T):
+        for b in range(n):
+            frames[b, t, 0, 24:32, int(x[b]):int(x[b]) + 8] = torch.linspace(0.4, 1.0, 8)
+        x = x + 3 * acts[:, t, 0]
+    model = SharpWorldModelV2(**TINY, action_dim=1)
+    model.tokenizer.requires_grad_(False)
+    batch = {"frames": frames, "codes": model.encode_clip(frames), "actions": acts}
+    opt = torch.optim.Adam(model.dynamics.parameters(), 1e-2)
+    for _ in range(40):
+        loss, logs = model(batch, context=2)
         opt.zero_grad(); loss.backward(); opt.step()
-    assert before > 2.0 and reversal_error() < 0.5 * before
+
+    def error(a):   # the moved frames' error (the untrained tokenizer's decoding aside)
+        with torch.no_grad():
+            return sum(model({**batch, "actions": a}, context=2)[1]["rollout_mse"])
+    assert error(acts) < 0.1 * min(error(-acts), error(torch.zeros_like(acts)))

@@ -1,5 +1,6 @@
 """Rigid layers: split the last observed frame into moving objects and follow them
-(the observation side of `predict="layers"` in training/world_model.py).
+and the dynamics unit that moves them (`RigidLayers`, predict="layers" of
+training/world_model.py).
 
     L, v = observe_layers(context, objects=2)        # context (B, T, 1, H, W)
     P, score = track(frames, L, start, stop)         # each layer's position in other frames
@@ -37,8 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# world_model imports this module inside its layer methods, so this import is not circular
-from training import world_model as wm
+from training import motion
 
 SEARCH_PX = 6        # template search radius per frame (Moving MNIST moves <= 5 px/frame)
 INK = 0.05           # pixels brighter than this belong to an object
@@ -175,8 +175,8 @@ def segment(context: torch.Tensor, objects: int, radius: int = 5):
     the last frame in exactly one layer (a layer may be empty)."""
     B, T, _, H, W = context.shape
     grid = H // 4   # the code grid's cells
-    _, v, conf = wm.flow_targets(context[:, -2:], radius, grid)             # the last pair's reading
-    v, conf = v[:, 0], conf[:, 0, 0]                                        # (B, 2, g, g) px/frame, (B, g, g)
+    _, v, conf = motion.read(context[:, -2].float(), context[:, -1].float(), radius, grid)   # last pair
+    conf = conf[:, 0]                                                       # v (B, 2, g, g) px/frame, conf (B, g, g)
     # Only cells with ink of their own vote: an empty cell's 20-px window reaches the
     # edge of an object and reads odd displacements, which the far-apart start of
     # k-means would pick as a centre. On 128 Moving MNIST test clips (the default model)
@@ -226,10 +226,148 @@ def move(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """Each layer moved by its offset. L (B, K, H, W); D (B, K, 2) px (x, y), bilinear for
     sub-pixel moves -> (B, K, H, W)."""
     B, K, H, W = L.shape
-    return wm.warp(L.flatten(0, 1)[:, None], D.flatten(0, 1)[:, :, None, None].float()).view(B, K, H, W)
+    return motion.warp(L.flatten(0, 1)[:, None], D.flatten(0, 1)[:, :, None, None].float()).view(B, K, H, W)
 
 
 def composite(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """Layers moved by D and overlaid by their maximum (how Moving MNIST draws overlaps):
     (B, K, H, W), (B, K, 2) -> (B, 1, H, W)."""
     return move(L, D).amax(1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The dynamics unit (predict="layers")
+# ----------------------------------------------------------------------------------------
+class RigidLayers:
+    """predict="layers": the last context frame cut into `objects` rigid layers
+    (`observe_layers`), each moved by the ConvGRU core and overlaid by their maximum, the
+    overlay re-tokenised. Each batch row of the core is one layer: its input is the
+    current frame's code embeddings plus the layer's coverage of each cell, its velocity
+    and the centre of its ink (5 extra planes); the head's output, averaged over the
+    layer's cells, corrects the constant-velocity guess with this frame's displacement
+    and the velocity carried to the next (two outputs, because a bounce folds the
+    overshoot back: the displacement on the bounce frame is neither the old nor the new
+    velocity). The ConvGRU does not run over the context: the velocity comes from
+    tracking the layers, so of the context actions only the last is used (it leads to
+    the first predicted frame). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
+    'offset' (B, K, 2), 'moved' (B, K, H, W), 'velocity' (B, K, 2), 'centre' (B, K, 2),
+    'codes', 'action'}."""
+
+    extra_in = 5   # coverage, velocity (2), centre (2)
+
+    def __init__(self, config):
+        self.config = config
+
+    @staticmethod
+    def out_channels(config) -> int:
+        return 4   # displacement correction (2), velocity correction (2)
+
+    def observe(self, model, context, actions=None, codes=None, L=None, velocity=None):
+        """L (B, K, H, W) and velocity (B, K, 2) may be given (the training cache)."""
+        if L is None:
+            L, velocity = observe_layers(context, self.config.objects)
+        last = model.encode(context[:, -1]) if codes is None else codes[:, -1]
+        B, K, H, W = L.shape
+        mass = L.sum((2, 3)).clamp_min(1e-6)
+        ys, xs = torch.meshgrid(torch.arange(H, device=L.device, dtype=torch.float32),
+                                torch.arange(W, device=L.device, dtype=torch.float32), indexing="ij")
+        centre = torch.stack([(L * xs).sum((2, 3)) / mass, (L * ys).sum((2, 3)) / mass], -1)   # (B, K, 2)
+        # 'moved': the layers at their current offset, kept so that each move is warped
+        # once, for both the next step's coverage and the overlay.
+        return {"hidden": model.dynamics.init_hidden(B * K, L.device, model.grid, model.grid),
+                "layers": L.float(), "offset": L.new_zeros(B, K, 2, dtype=torch.float32),
+                "moved": L.float(), "velocity": velocity.float(), "centre": centre, "codes": last,
+                "action": actions[:, -1] if actions is not None else None, "feats": None}
+
+    def step(self, model, state, action=None):
+        """Move every layer one frame from the current tokens; updates the state in place.
+        Returns the predicted reward (B,) or None."""
+        m = self.config.max_motion
+        L, off, vel = state["layers"], state["offset"], state["velocity"]
+        B, K, H, _ = L.shape
+        emb = model.embed(state["codes"]).repeat_interleave(K, 0)                 # (B*K, D, h, w)
+        covered = (state["moved"].flatten(0, 1)[:, None] > INK).float()            # (B*K, 1, H, W)
+        mask = F.adaptive_avg_pool2d(covered, model.grid)                          # (B*K, 1, h, w)
+        v, centre = vel.flatten(0, 1), (state["centre"] + off).flatten(0, 1)       # (B*K, 2)
+        planes = torch.cat([v / m, 2 * centre / H - 1], 1)[:, :, None, None].expand(-1, -1, *mask.shape[2:])
+        a = action.repeat_interleave(K, 0) if action is not None else None
+        raw, feats, state["hidden"] = model.dynamics.step(emb, state["hidden"], a, torch.cat([mask, planes], 1))
+        # Averaged over the layer's cells; bounded by 2 max_motion because reversing a
+        # velocity changes it by twice its size.
+        corr = 2 * m * torch.tanh(raw / (2 * m))
+        corr = (corr * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)       # (B*K, 4)
+        state["offset"] = off + (v + corr[:, :2]).view(B, K, 2)
+        state["moved"] = move(L, state["offset"])
+        state["velocity"] = (v + corr[:, 2:]).view(B, K, 2)
+        state["feats"] = feats
+        reward = model.dynamics.predict_reward(feats)
+        return None if reward is None else reward.view(B, K).sum(1)
+
+    def imagine(self, model, state, horizon: int, actions=None):
+        state = dict(state)
+        frames, codes, rewards = [], [], []
+        for t in range(horizon):
+            # frame t+1 of the prediction follows the action taken at the frame before it,
+            # as in training (`loss`: actions[:, t - 1] leads to frame t)
+            a = state["action"] if t == 0 else (actions[:, t - 1] if actions is not None else None)
+            reward = self.step(model, state, a)
+            c = model.encode(state["moved"].amax(1, keepdim=True).clamp(0, 1))
+            frames.append(model.decode(c))
+            codes.append(c)
+            if reward is not None:
+                rewards.append(reward)
+            state["codes"] = c
+        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
+        if rewards:
+            result["rewards"] = torch.stack(rewards, 1)
+        return result
+
+    def latent(self, model, state):
+        """(B, K*4): each layer's offset and velocity. Before the first step there are no
+        ConvGRU features; what the layers know of the world is where they are and how fast
+        they move."""
+        return torch.cat([state["offset"], state["velocity"]], -1).flatten(1)
+
+    def loss(self, model, batch, context: int, forced=None):
+        """Roll the layers out from the last context frame exactly as `imagine` does (each
+        step's input is the re-tokenised overlay of the model's own layers) and regress
+        each layer's accumulated offset onto where template matching finds that layer in
+        the true frames (self-supervised; no physical states), smooth L1 in pixels, over
+        the layers found (match score > 0.5). Always free-running (`forced` is ignored).
+
+        batch: 'frames' (B, T, 1, H, W), 'codes' (B, T, h, w), the cached cut (`cut`) 'L'
+        (B, K, H, W), 'velocity' (B, K, 2), 'positions' (B, K, T, 2), 'score' (B, K, T),
+        optional 'actions', 'rewards'. Returns (loss, logs) with logs['rollout_mse'] the
+        per-step pixel error of the overlay (before re-tokenising) and logs['track_px']
+        the mean position error per step in pixels."""
+        frames, codes = batch["frames"], batch["codes"]
+        actions, rewards = batch.get("actions"), batch.get("rewards")
+        L, positions, score = batch["L"], batch["positions"], batch["score"]
+        T = frames.shape[1]
+        state = self.observe(model, frames[:, :context], None, codes[:, :context], L, batch["velocity"])
+        present = (L.flatten(2).amax(-1) > INK).float()                             # (B, K)
+        total, step_mse, track_px = 0.0, [], []
+        for t in range(context, T):
+            reward = self.step(model, state, actions[:, t - 1] if actions is not None else None)
+            w = present * (score[:, :, t] > 0.5).float()                             # (B, K)
+            loss_t, px = weighted_smooth_l1(state["offset"] - positions[:, :, t].float(), w[..., None])
+            if rewards is not None:
+                loss_t = loss_t + F.mse_loss(reward, rewards[:, t - 1])
+            total = total + loss_t
+            track_px.append(px)
+            with torch.no_grad():
+                raw = state["moved"].amax(1, keepdim=True).clamp(0, 1)
+                step_mse.append((raw - frames[:, t]).pow(2).flatten(1).sum(1).mean().item())
+                state["codes"] = model.encode(raw)
+        loss = total / (T - context)
+        return loss, {"loss": loss.item(), "rollout_mse": step_mse, "track_px": track_px}
+
+
+def weighted_smooth_l1(err: torch.Tensor, weight: torch.Tensor):
+    """Smooth L1 of a displacement error (px), weighted and normalised by the weight's
+    mass so its scale does not depend on how many layers were found. err (..., 2);
+    weight broadcastable to err, >= 0 -> (loss, the weighted mean absolute error in px)."""
+    weight = weight.expand_as(err)
+    norm = weight.sum().clamp_min(1e-6)
+    loss = (weight * F.smooth_l1_loss(err, torch.zeros_like(err), reduction="none")).sum() / norm
+    return loss, ((weight * err.detach().abs()).sum() / norm).item()

@@ -1,0 +1,177 @@
+"""Dynamics units that move or regress the whole frame: how SharpWorldModelV2 turns the
+ConvGRU core's output into the next latent (training/world_model.py picks one by
+`predict`; training/layers.py holds the third, RigidLayers).
+
+    MotionField          predict="motion": the head gives a displacement field d_t (px per
+                         frame); the last observed frame (the anchor) is backward-warped by
+                         the displacements composed since it and re-tokenised:
+                             x_{t+1}(p) = anchor(p - D_t(p)),  D_t = d_t o D_{t-1}
+                             z_{t+1} = VQ(E(x_{t+1})),  shown as D(z_{t+1})
+    EmbeddingRegression  predict="embedding": the head gives a residual on the code
+                         embeddings, snapped to the codebook (the blurry reference)
+
+Each unit has the same four methods, used by the model: observe(model, context, actions,
+codes) -> state; imagine(model, state, horizon, actions) -> {'frames', 'codes',
+['rewards']}; latent(model, state) -> (B, F); loss(model, batch, context, forced) ->
+(loss, logs). Both units here share the unrolled loop of `FrameUnit` and differ only in
+`advance` (one step's prediction), `step_loss` and how a prediction is fed back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training import motion
+
+PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight: the wide terms carry most of the signal
+MASS_WEIGHT = 0.1     # motion: relative brightness error of each predicted frame
+LATENT_POOL = 4       # latent(): the ConvGRU features average-pooled to 4 x 4 cells
+
+
+class FrameUnit:
+    """The shared part: the ConvGRU runs over every context frame (with its action), then
+    over its own predictions. State: {'hidden', 'feats', 'raw' (the head's output for the
+    next frame), 'codes', 'emb_in' (the embedding the core last read), 'anchor' (last observed frame), 'motion' (displacement since
+    it, or None), 'reward' (for the next frame, or None)}."""
+
+    extra_in = 0
+
+    def __init__(self, config):
+        self.config = config
+
+    # one step's prediction from the head's output: (frame in [0,1] for the loss, the
+    # embedding fed to the next step, the codes shown) -- see the subclasses
+    def advance(self, model, state, raw, sample: bool):
+        raise NotImplementedError
+
+    def observe(self, model, context, actions=None, codes=None):
+        B, Tc = context.shape[:2]
+        if codes is None:
+            codes = model.encode_clip(context)
+        hidden = model.dynamics.init_hidden(B, context.device, model.grid, model.grid)
+        for t in range(Tc):
+            a = actions[:, t] if actions is not None else None
+            raw, feats, hidden = model.dynamics.step(model.embed(codes[:, t]), hidden, a)
+        return {"hidden": hidden, "feats": feats, "raw": raw, "codes": codes[:, -1],
+                "emb_in": model.embed(codes[:, -1]),
+                "anchor": context[:, -1].float(), "motion": None,
+                "reward": model.dynamics.predict_reward(feats)}
+
+    def imagine(self, model, state, horizon: int, actions=None):
+        state = dict(state)
+        frames, codes, rewards = [], [], []
+        for t in range(horizon):
+            _, emb, c = self.advance(model, state, state["raw"], sample=True)
+            frames.append(model.decode(c))
+            codes.append(c)
+            if state["reward"] is not None:
+                rewards.append(state["reward"])
+            state["codes"], state["emb_in"] = c, emb
+            if t + 1 < horizon:
+                a = actions[:, t] if actions is not None else None
+                state["raw"], state["feats"], state["hidden"] = model.dynamics.step(emb, state["hidden"], a)
+                state["reward"] = model.dynamics.predict_reward(state["feats"])
+        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
+        if rewards:
+            result["rewards"] = torch.stack(rewards, 1)
+        return result
+
+    def latent(self, model, state):
+        """(B, hidden*layers*16): the last ConvGRU features on a 4 x 4 grid of regions, so
+        an actor can tell where things are without reading the 16 x 16 grid."""
+        return F.adaptive_avg_pool2d(state["feats"].float(), LATENT_POOL).flatten(1)
+
+    def loss(self, model, batch, context: int, forced=None):
+        """One unrolled pass over a clip. The first `context` inputs are the true frames;
+        after that each step's input is the model's own sharp prediction (free-running,
+        what a rollout meets at test time), or the true frame where forced[t] (scheduled
+        sampling, Bengio et al. 2015). The gradient flows through the whole chain.
+        Returns (loss, logs): logs['step_mse'] the per-step error summed over pixels and
+        logs['rollout_mse'] its part after the context."""
+        frames, codes = batch["frames"], batch["codes"]
+        actions, rewards = batch.get("actions"), batch.get("rewards")
+        dyn = model.dynamics
+        B, T = frames.shape[:2]
+        state = {"hidden": dyn.init_hidden(B, frames.device, model.grid, model.grid),
+                 "anchor": frames[:, 0], "motion": None}
+        emb = model.embed(codes[:, 0])
+        total, step_mse = 0.0, []
+        for t in range(T - 1):
+            a = actions[:, t] if actions is not None else None
+            state["emb_in"] = emb
+            raw, feats, state["hidden"] = dyn.step(emb, state["hidden"], a)
+            target = frames[:, t + 1]
+            pred, fed, _ = self.advance(model, state, raw, sample=False)
+            loss_t = self.step_loss(model, state, raw, pred, target, codes[:, t + 1])
+            if rewards is not None:
+                loss_t = loss_t + F.mse_loss(dyn.predict_reward(feats), rewards[:, t])
+            total = total + loss_t
+            step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
+            teacher = t + 1 < context or (forced is not None and forced[t])
+            if teacher:   # the true frame becomes the new anchor
+                state["anchor"], state["motion"], emb = target, None, model.embed(codes[:, t + 1])
+            else:
+                emb = fed
+        loss = total / (T - 1)
+        return loss, {"loss": loss.item(), "step_mse": step_mse, "rollout_mse": step_mse[context - 1:]}
+
+
+class MotionField(FrameUnit):
+    """predict="motion": a per-cell displacement field warps the anchor (module docstring).
+    Loss per predicted frame: PIXEL_WEIGHT x pixel MSE, plus warps of the anchor blurred at
+    two widths against the blurred target (bilinear warping of a sharp frame has one-sided,
+    mostly zero gradients at whole-pixel offsets; blurring makes the error smooth in the
+    displacement, and a misplaced stroke cheaper than a deleted one), plus a brightness
+    term (MASS_WEIGHT) so that shrinking or fading content, the MSE-optimal hedge, costs
+    as much as it hides."""
+
+    @staticmethod
+    def out_channels(config) -> int:
+        return 2
+
+    def advance(self, model, state, raw, sample: bool):
+        m = self.config.max_motion
+        d = m * torch.tanh(raw / m)                                      # (B, 2, h, w) px/frame
+        size = state["anchor"].shape[-1]
+        state["motion"] = motion.compose(state["motion"], d, size)       # (B, 2, H, W)
+        warped = motion.warp(state["anchor"], state["motion"]).clamp(0, 1)
+        with torch.no_grad():
+            codes = model.encode(warped)
+        # The loss sees the warped frame itself (re-tokenising is near-identity and has
+        # no gradient); the next input is its codes, exactly what a rollout feeds back.
+        return warped, model.embed(codes), codes
+
+    def step_loss(self, model, state, raw, pred, target, target_codes):
+        anchor, D = state["anchor"], state["motion"]
+        wide = sum(F.mse_loss(motion.warp(motion.gaussian_blur(anchor, sg), D), motion.gaussian_blur(target, sg))
+                   for sg in (2.0, 4.0))
+        mass_t = target.sum((1, 2, 3))
+        mass = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
+        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass
+
+
+class EmbeddingRegression(FrameUnit):
+    """predict="embedding": next code embeddings = current + the head's residual, snapped
+    to the nearest codes. Loss: PIXEL_WEIGHT x pixel MSE of the decoded embeddings, the MSE
+    at 1/4 resolution, the embedding MSE and 0.1 x code cross-entropy. Fed back with a
+    straight-through snap, so the gradient flows through the chain."""
+
+    @staticmethod
+    def out_channels(config) -> int:
+        return config.code_dim
+
+    def advance(self, model, state, raw, sample: bool):
+        e = state["emb_in"].float() + raw                                # residual: "no change" is 0
+        with torch.no_grad():
+            codes = model.snap(e)
+        state["emb"] = e
+        pred = model.tokenizer.decode_embeddings(e) if not sample else None
+        return pred, e + (model.embed(codes) - e).detach(), codes
+
+    def step_loss(self, model, state, raw, pred, target, target_codes):
+        e = state["emb"]
+        target_emb = model.embed(target_codes)
+        logits = -model.tokenizer.quantizer.distances(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
+        extra = F.mse_loss(e, target_emb) + 0.1 * F.cross_entropy(logits, target_codes.reshape(-1))
+        wide = F.mse_loss(F.avg_pool2d(pred, 4), F.avg_pool2d(target, 4))
+        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + extra

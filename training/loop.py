@@ -1,0 +1,432 @@
+"""The one training loop of the world model, shared by training/train_sharp_v2.py (one
+dataset) and training/train_comprehensive.py (all ten), on SequenceWindows and a
+DataLoader, in one process or under torchrun with DistributedDataParallel.
+
+    run = Run(cfg)                                   # folders, device, ranks, resume rules
+    model, history = train_world_model(cfg, run)     # tokenizer -> cached codes -> dynamics
+
+Phases: (1) the VQ-VAE tokenizer on single frames; (2) the tokens of the training clips
+computed once and cached (checkpoints/<run>/codes_<dataset>.npy; and the rigid-layer cut
+for predict=layers); (3) the dynamics on the cached tokens, tokenizer frozen, moving from
+teacher forcing to free-running rollouts.
+
+Determinism: each optimiser step draws its clips, frames and teacher-forcing choices from
+a generator seeded by (seed, phase, step). So a run resumed from a checkpoint (saved
+atomically every ckpt_every steps) continues exactly as an uninterrupted one, and N
+processes that each take their 1/N of every global batch take the same batches one
+process would. DDP averages gradients; the tokenizer's EMA codebook statistics are summed
+across ranks in the quantizer; only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import utils
+from data_utils.datasets import DatasetError, SequenceWindows
+from training import layers
+from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
+
+PHASES = ("tokenizer", "codes", "dynamics", "done")
+
+
+class Interrupted(Exception):
+    """Raised by --stop_after to imitate a killed run."""
+
+
+# ----------------------------------------------------------------------------------------
+# Processes, folders, resume
+# ----------------------------------------------------------------------------------------
+class Run:
+    """Where a run lives and which process this is.
+
+    Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) it joins the process group: gloo
+    on the CPU, nccl on CUDA (one GPU per local rank). checkpoints/<run>/latest.pt and
+    results/<run>/ are written by rank 0 only."""
+
+    def __init__(self, cfg: dict):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = utils.pick_device(cfg["device"], verbose=self.rank == 0)
+        if self.world > 1:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if device.type == "cuda":
+                device = torch.device("cuda", local)
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
+        self.main = self.rank == 0
+        base = Path(cfg["out_root"]) if cfg["out_root"] else utils.REPO_ROOT
+        self.ckpt_dir, self.out_dir = base / "checkpoints" / cfg["run"], base / "results" / cfg["run"]
+        self.ckpt_path = self.ckpt_dir / "latest.pt"
+        self.state = None
+        if cfg["resume"]:
+            if not self.ckpt_path.exists():
+                raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
+                                 f"drop --resume to start fresh")
+            self.state = utils.load_checkpoint(self.ckpt_path, map_location="cpu")
+            if self.state.get("phase") not in PHASES or "model" not in self.state:
+                raise SystemExit(f"error: {self.ckpt_path} is not a world-model training checkpoint; "
+                                 f"use another --run")
+        elif self.ckpt_path.exists():
+            raise SystemExit(f"error: {self.ckpt_path} exists; pass --resume to continue it or --run=NAME "
+                             f"for a new run")
+        if self.main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SystemExit(f"error: cannot write {self.out_dir} or {self.ckpt_dir} ({exc.strerror}); "
+                                 f"pass a writable --out_root") from None
+            utils.save_json(cfg, self.out_dir / "config.json")
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def save_state(run: Run, cfg, model, opt, phase, step, history):
+    if run.main:
+        utils.save_checkpoint({"config": cfg, "model_config": model.config.to_dict(), "model": model.state_dict(),
+                               "optimizer": opt.state_dict() if opt is not None else {}, "phase": phase,
+                               "step": step, "history": history}, run.ckpt_path)
+
+
+# ----------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------
+class StepBatches:
+    """A batch sampler whose step s draws `global_batch` items by `weights` (with
+    replacement) from a generator seeded by (seed, s) and yields this rank's share.
+    Iterating starts at step `start`: a resumed run draws what the killed one would have."""
+
+    def __init__(self, weights: torch.Tensor, global_batch: int, steps: int, seed: int,
+                 rank: int = 0, world: int = 1, start: int = 0):
+        if global_batch % world:
+            raise SystemExit(f"error: the batch ({global_batch}) must be divisible by the number of processes "
+                             f"({world}); change the batch size or --nproc_per_node")
+        self.weights, self.global_batch, self.steps, self.seed = weights, global_batch, steps, seed
+        self.rank, self.world, self.start = rank, world, start
+
+    def draw(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.multinomial(self.weights, self.global_batch, replacement=True, generator=g)
+
+    def __iter__(self):
+        per = self.global_batch // self.world
+        for step in range(self.start, self.steps):
+            yield self.draw(step)[self.rank * per:(self.rank + 1) * per].tolist()
+
+    def __len__(self):
+        return max(0, self.steps - self.start)
+
+
+def step_generator(seed: int, phase: str, step: int) -> np.random.Generator:
+    """What a step draws besides its clips (frame choice, teacher forcing): the same on
+    every rank and after a resume."""
+    return np.random.default_rng([seed, PHASES.index(phase), step])
+
+
+class CachedWindows(Dataset):
+    """SequenceWindows plus per-clip arrays cached beside the run (codes, the layer cut):
+    item = the window's dict + {key: arrays[key][dataset][sequence]} as tensors."""
+
+    def __init__(self, windows: SequenceWindows, arrays: dict[str, list]):
+        self.windows, self.arrays = windows, arrays
+
+    def __len__(self):
+        return len(self.windows)
+
+    def __getitem__(self, i):
+        item = self.windows[i]
+        k, seq = item["dataset"], item["index"]
+        for key, per_dataset in self.arrays.items():
+            item[key] = torch.from_numpy(np.asarray(per_dataset[k][seq]).astype(
+                np.int64 if key == "codes" else np.float32))
+        return item
+
+
+def open_windows(cfg: dict, names: list[str], split: str = "train") -> SequenceWindows:
+    """Whole clips of the named datasets (one window per clip, from frame 0)."""
+    root = cfg["data_root"] or None
+    try:
+        probe = SequenceWindows(names, split, context=1, target=0, root=root)
+        T = min(int(np.load(p, mmap_mode="r").shape[1]) for p in probe._paths)
+        if T <= cfg["context"]:
+            raise SystemExit(f"error: clips have {T} frames; --context={cfg['context']} must be smaller")
+        return SequenceWindows(names, split, context=cfg["context"], target=T - cfg["context"], root=root)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def limited_weights(windows: SequenceWindows, per_dataset: int) -> torch.Tensor:
+    """Balanced weights (every dataset drawn equally often) over the first `per_dataset`
+    clips of each dataset (0 = all)."""
+    w = windows.weights().clone()
+    if per_dataset:
+        for k, n in enumerate(windows.sizes):
+            lo = int(windows._offsets[k])
+            w[lo + min(n, per_dataset):lo + n] = 0
+            kept = min(n, per_dataset)
+            if kept:
+                w[lo:lo + kept] = 1.0 / kept
+        w /= w.sum()
+    return w
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# One optimisation phase
+# ----------------------------------------------------------------------------------------
+def check_finite(value: float, phase: str, step: int, run: Run):
+    if not math.isfinite(value):
+        raise SystemExit(f"error: {phase} loss became {value} at step {step}; the last good checkpoint is "
+                         f"{run.ckpt_path} - lower the learning rate (--tok_lr / --dyn_lr) and rerun with --resume")
+
+
+def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
+             history: list, postfix, counter: list):
+    """AdamW + one-cycle LR over `steps`, bf16 autocast, gradient clipping, NaN stop,
+    atomic checkpoints every ckpt_every steps, resume from the checkpoint's step.
+    loader_for(start) -> iterable of batches from step `start`; loss_fn(batch, step) ->
+    (loss, logs)."""
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4 if phase == "dynamics" else 0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(1, steps), pct_start=0.05)
+    start = 0
+    if run.state is not None and run.state["phase"] == phase:
+        opt.load_state_dict(run.state["optimizer"])
+        start = run.state["step"]
+        for _ in range(start):
+            sched.step()
+    bar = tqdm(loader_for(start), desc=phase, initial=start, total=steps, disable=not run.main)
+    for step, batch in enumerate(bar, start):
+        batch = to_device(batch, run.device)
+        with utils.autocast(run.device, cfg["bf16"]):
+            loss, logs = loss_fn(batch, step)
+        check_finite(logs["loss"], phase, step, run)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % cfg["log_every"] == 0 or step == steps - 1:
+            history.append({"step": step, **logs})
+            bar.set_postfix(**postfix(logs))
+        if (step + 1) % cfg["ckpt_every"] == 0:
+            save_state(run, cfg, model, opt, phase, step + 1, run.history)
+        counter[0] += 1
+        if cfg["stop_after"] and counter[0] >= cfg["stop_after"]:
+            raise Interrupted
+    bar.close()
+
+
+# ----------------------------------------------------------------------------------------
+# The three phases
+# ----------------------------------------------------------------------------------------
+def build_model(cfg: dict, image_size: int, run: Run) -> SharpWorldModelV2:
+    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "image_size": image_size}))
+    if run.state is not None:
+        try:
+            model.load_state_dict(run.state["model"])
+        except RuntimeError as exc:
+            raise SystemExit(f"error: {run.ckpt_path} does not match these model settings "
+                             f"({str(exc).splitlines()[0]}); resume with the settings it was trained with") from None
+    model.to(run.device)
+    model.tokenizer.to(memory_format=torch.channels_last)
+    return model
+
+
+def ddp(module, run: Run):
+    if run.world == 1:
+        return module
+    return DDP(module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+def train_tokenizer(cfg, run, model, windows, counter):
+    """Phase 1: reconstruct single frames drawn evenly over the datasets."""
+    model.train()
+    wrapped = ddp(model.tokenizer, run)
+    weights = windows.weights()
+    T = windows.length
+    per = cfg["tok_batch"] // run.world
+
+    def loader_for(start):
+        sampler = StepBatches(weights, cfg["tok_batch"], cfg["tok_steps"], cfg["seed"], run.rank, run.world, start)
+        return DataLoader(windows, batch_sampler=sampler, num_workers=cfg["workers"])
+
+    def loss_fn(batch, step):
+        t = step_generator(cfg["seed"], "tokenizer", step).integers(0, T, cfg["tok_batch"])
+        t = torch.from_numpy(t[run.rank * per:(run.rank + 1) * per])
+        x = batch["frames"][torch.arange(len(t)), t].contiguous(memory_format=torch.channels_last)
+        return tokenizer_loss(wrapped, x)
+
+    optimise(cfg, run, model, "tokenizer", model.tokenizer.parameters(), cfg["tok_lr"], cfg["tok_steps"],
+             loader_for, loss_fn, run.history["tokenizer"],
+             lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"),
+             counter)
+    save_state(run, cfg, model, None, "codes", 0, run.history)
+
+
+@torch.no_grad()
+def cache_clips(cfg, run, model, windows, per_dataset: int) -> dict[str, list]:
+    """Phase 2: tokens of the first `per_dataset` training clips of each dataset, computed
+    once by rank 0 and stored beside the checkpoint: codes_<name>.npy (N, T, h, w) int16;
+    for predict=layers also layers_<name>.npz (`layers.cut`)."""
+    model.eval()
+    out = {"codes": []}
+    cut = cfg["predict"] == "layers"
+    if cut:
+        out.update(L=[], velocity=[], positions=[], score=[])
+    for k, name in enumerate(windows.names):
+        n = min(windows.sizes[k], per_dataset or windows.sizes[k])
+        path = run.ckpt_dir / f"codes_{name}.npy"
+        cut_path = run.ckpt_dir / f"layers_{name}.npz"
+        if run.main and not _cached(path, n, windows.length):
+            _write_codes(cfg, run, model, windows, k, n, path)
+        if run.main and cut and not _cut_cached(cut_path, n, cfg):
+            _write_cut(cfg, run, windows, k, n, cut_path)
+        run.barrier()
+        out["codes"].append(np.load(path, mmap_mode="r"))
+        if cut:
+            with np.load(cut_path) as f:
+                for key in ("L", "velocity", "positions", "score"):
+                    out[key].append(f[key])
+    return out
+
+
+def _cached(path: Path, n: int, T: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return np.load(path, mmap_mode="r").shape[:2] == (n, T)
+    except (OSError, ValueError):
+        return False
+
+
+def _cut_cached(path: Path, n: int, cfg) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as f:
+            return f["L"].shape[:2] == (n, cfg["objects"]) and int(f["context"]) == cfg["context"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _clips(windows, k, lo, hi, device):
+    arr = windows._array(k)
+    return torch.from_numpy(np.array(arr[lo:hi, :windows.length])).to(device).float().div_(255).unsqueeze(2)
+
+
+def _write_codes(cfg, run, model, windows, k, n, path):
+    T = windows.length
+    codes = np.empty((n, T, model.grid, model.grid), dtype=np.int16)
+    step = max(1, 256 // T)
+    for i in tqdm(range(0, n, step), desc=f"codes {windows.names[k]}"):
+        x = _clips(windows, k, i, min(n, i + step), run.device)
+        with utils.autocast(run.device, cfg["bf16"]):
+            c = model.encode_clip(x.contiguous())
+        codes[i:i + len(x)] = c.cpu().numpy()
+    with utils.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, codes)
+
+
+def _write_cut(cfg, run, windows, k, n, path):
+    """The layers of frame context-1, their velocities and where each layer is in every
+    later frame (the regression targets); the cut is of frame context-1, so the file
+    records `context`."""
+    K, ctx, T = cfg["objects"], cfg["context"], windows.length
+    H, W = windows.frame_shape
+    out = {"L": np.empty((n, K, H, W), np.float16), "velocity": np.empty((n, K, 2), np.float32),
+           "positions": np.empty((n, K, T, 2), np.int16), "score": np.empty((n, K, T), np.float16),
+           "context": np.array(ctx)}
+    for i in tqdm(range(0, n, 64), desc=f"layers {windows.names[k]}"):
+        x = _clips(windows, k, i, min(n, i + 64), run.device)
+        for key, val in zip(("L", "velocity", "positions", "score"), layers.cut(x, K, ctx)):
+            out[key][i:i + len(x)] = val.cpu().numpy()
+    with utils.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **out)
+
+
+def train_dynamics(cfg, run, model, windows, cached, counter):
+    """Phase 3: unrolled dynamics training on cached tokens, tokenizer frozen."""
+    if cfg["dyn_steps"] == 0:
+        save_state(run, cfg, model, None, "done", 0, run.history)
+        return
+    model.tokenizer.requires_grad_(False)
+    model.tokenizer.eval()
+    model.dynamics.train()
+    wrapped = ddp(model, run)
+    data = CachedWindows(windows, cached)
+    weights = limited_weights(windows, cfg["dyn_sequences"])
+    anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
+    T = windows.length
+
+    def loader_for(start):
+        sampler = StepBatches(weights, cfg["dyn_batch"], cfg["dyn_steps"], cfg["seed"], run.rank, run.world, start)
+        return DataLoader(data, batch_sampler=sampler, num_workers=cfg["workers"])
+
+    def loss_fn(batch, step):
+        teacher = max(0.0, 1.0 - step / anneal)
+        forced = (step_generator(cfg["seed"], "dynamics", step).random(T - 1) < teacher).tolist()
+        loss, logs = wrapped(batch, cfg["context"], forced)
+        logs["teacher"] = teacher
+        return loss, logs
+
+    def postfix(logs):
+        future = logs["rollout_mse"]
+        extra = {"track_px": f"{np.mean(logs['track_px']):.2f}"} if "track_px" in logs else {}
+        return dict(loss=f"{logs['loss']:.4f}", tf=f"{logs['teacher']:.2f}", mse_first=f"{future[0]:.0f}",
+                    mse_last=f"{future[-1]:.0f}", **extra)
+
+    optimise(cfg, run, model, "dynamics", model.dynamics.parameters(), cfg["dyn_lr"], cfg["dyn_steps"],
+             loader_for, loss_fn, run.history["dynamics"], postfix, counter)
+    save_state(run, cfg, model, None, "done", cfg["dyn_steps"], run.history)
+
+
+def train_world_model(cfg: dict, run: Run, names: list[str]):
+    """All three phases, resuming where the checkpoint stopped. Returns (model, train
+    windows, wall seconds per phase of this invocation); raises Interrupted on
+    --stop_after."""
+    import time
+
+    utils.seed_everything(cfg["seed"])
+    windows = open_windows(cfg, names)
+    model = build_model(cfg, windows.frame_shape[-1], run)
+    run.history = run.state["history"] if run.state else {"tokenizer": [], "dynamics": []}
+    phase = run.state["phase"] if run.state else "tokenizer"
+    if run.state is not None and run.main:
+        print(f"resuming from {run.ckpt_path}: phase {phase}, step {run.state['step']}")
+    counter, times, t0 = [0], {}, time.time()
+    if phase == "tokenizer":
+        train_tokenizer(cfg, run, model, windows, counter)
+        run.state, phase = None, "codes"
+    times["tokenizer_s"] = time.time() - t0
+    cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"])
+    times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
+    if phase in ("codes", "dynamics"):
+        if phase == "codes":
+            run.state = None
+        train_dynamics(cfg, run, model, windows, cached, counter)
+    times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
+    model.eval()
+    return model, windows, times
