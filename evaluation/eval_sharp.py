@@ -278,9 +278,10 @@ def plot_rollout(ex: dict, ctx: int, path: Path):
     utils.save_figure(fig, path)
 
 
-def write_gif(ex: dict, ctx: int, path: Path, scale: int = 2, ms_per_frame: int = 250):
-    """truth | prediction side by side per example (stacked vertically), x`scale`.
-    A bar under each prediction panel is grey during the context, green once predicting."""
+def write_gif(ex: dict, ctx: int, path: Path, scale: int = 2, ms_per_frame: int = 250, vertical: bool = False):
+    """truth | prediction side by side per example (examples stacked vertically), or with
+    `vertical` truth above prediction (examples side by side), x`scale`. A bar under each
+    prediction panel is grey during the context, green once predicting."""
     from PIL import Image
 
     truth = (ex["truth"].float().numpy() * 255).round().astype(np.uint8)   # (E, ctx+hor, H, W)
@@ -296,6 +297,10 @@ def write_gif(ex: dict, ctx: int, path: Path, scale: int = 2, ms_per_frame: int 
             canvas[y:y + H, :W] = truth[e, t][..., None]
             canvas[y:y + H, W + gap:] = right[..., None]
             canvas[y + H:y + H + bar, W + gap:] = (128, 128, 128) if t < ctx else (60, 200, 90)
+        if vertical:   # the same panels, transposed: examples left to right, truth on top
+            canvas = np.concatenate([np.concatenate([canvas[e * (H + bar + gap):e * (H + bar + gap) + H + bar, :W],
+                                                     canvas[e * (H + bar + gap):e * (H + bar + gap) + H + bar, W + gap:]],
+                                                    0) for e in range(E)], 1)
         big = canvas.repeat(scale, 0).repeat(scale, 1)
         images.append(Image.fromarray(big))
     with utils.atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,9 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         for _ in range(start):
             sched.step()
     bar = tqdm(loader_for(start), desc=phase, initial=start, total=steps, disable=not run.main)
+    tick = time.perf_counter()
     for step, batch in enumerate(bar, start):
+        n_items = len(batch["frames"]) * run.world
         batch = to_device(batch, run.device)
         with utils.autocast(run.device, cfg["bf16"]):
             loss, logs = loss_fn(batch, step)
@@ -226,6 +229,9 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        now = time.perf_counter()
+        logs["samples_per_s"] = n_items / (now - tick)   # global clips per second, data loading included
+        tick = now
         if step % cfg["log_every"] == 0 or step == steps - 1:
             history.append({"step": step, **logs})
             bar.set_postfix(**postfix(logs))
@@ -407,8 +413,6 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
     """All three phases, resuming where the checkpoint stopped. Returns (model, train
     windows, wall seconds per phase of this invocation); raises Interrupted on
     --stop_after."""
-    import time
-
     utils.seed_everything(cfg["seed"])
     windows = open_windows(cfg, names)
     model = build_model(cfg, windows.frame_shape[-1], run)
@@ -421,12 +425,30 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
         train_tokenizer(cfg, run, model, windows, counter)
         run.state, phase = None, "codes"
     times["tokenizer_s"] = time.time() - t0
-    cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"])
-    times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
     if phase in ("codes", "dynamics"):
+        cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"])
+        times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
         if phase == "codes":
             run.state = None
         train_dynamics(cfg, run, model, windows, cached, counter)
+    times.setdefault("codes_s", 0.0)
     times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
+    check_in_sync(model, run)
     model.eval()
     return model, windows, times
+
+
+@torch.no_grad()
+def check_in_sync(model, run: Run):
+    """Under DDP every rank must end with the same weights and codebook (gradients are
+    averaged, EMA statistics summed): compare a checksum of every tensor across ranks and
+    stop loudly if they drifted apart."""
+    if run.world == 1:
+        return
+    sums = torch.stack([t.detach().double().sum() for t in model.state_dict().values()]).to(run.device)
+    gathered = [torch.empty_like(sums) for _ in range(run.world)]
+    dist.all_gather(gathered, sums)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise SystemExit("error: the processes ended with different weights; this is a bug, please report it")
+    if run.main:
+        print(f"weights identical on all {run.world} processes")

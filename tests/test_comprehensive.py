@@ -1,0 +1,99 @@
+"""training/train_comprehensive.py end to end (tiny settings, three datasets): its tables
+and pictures, kill-and-resume equal to an uninterrupted run, and torchrun with two CPU
+processes (gloo) equal to one process on the same global batch."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = "bouncing_balls,pendulum,wave_motion"
+TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
+        "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=4", "--dyn_sequences=6", "--context=4",
+        "--eval_sequences=3", "--ckpt_every=2", "--log_every=1", "--examples=2", "--bf16=false",
+        f"--datasets={NAMES}"]
+
+
+def run(args, check=True, timeout=240):
+    env = dict(os.environ, VPWM_DEVICE="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    common = ["--num", "20", "--frames", "8", "--out", str(root), "--no-preview", "--workers", "1"]
+    run([sys.executable, "data_utils/generate_physics_data.py", "--dataset", "bouncing_balls,pendulum", *common])
+    run([sys.executable, "data_utils/generate_diverse_datasets.py", "--dataset", "wave_motion", *common])
+    return root
+
+
+def train(data_root, out_root, name, *extra, launcher=(sys.executable,), check=True):
+    return run([*launcher, "training/train_comprehensive.py", f"--run={name}", f"--data_root={data_root}",
+                f"--out_root={out_root}", *TINY, *extra], check=check)
+
+
+def weights(out_root, name):
+    return torch.load(out_root / "checkpoints" / name / "latest.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def single(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    train(data_root, out, "one")
+    return out
+
+
+def test_writes_tables_and_pictures_per_dataset(single):
+    res = single / "results" / "one"
+    names = NAMES.split(",")
+    for f in ["per_dataset.md", "per_dataset.json", "mse_per_step.png", "training_curves.png",
+              *[f"physics_{n}_result.png" for n in names], *[f"physics_{n}.gif" for n in names]]:
+        assert (res / f).stat().st_size > 0, f
+    table = (res / "per_dataset.md").read_text()
+    assert all(f"| {n} |" in table for n in names)
+    per = json.loads((res / "per_dataset.json").read_text())
+    assert set(per["datasets"]) == set(names)
+    for n in names:
+        d = per["datasets"][n]
+        assert len(d["model"]["mse"]) == 4 and {"copy_last", "blank"} <= set(d)
+    assert "position_error" in per["datasets"]["pendulum"]["model"]      # a body scene
+    assert "position_error" not in per["datasets"]["wave_motion"]["model"]
+    ckpt = torch.load(single / "checkpoints" / "one" / "latest.pt", weights_only=True)
+    assert ckpt["phase"] == "done" and ckpt["model_config"]["predict"] == "motion"
+    # the sampler balances the datasets: every one has its codes cached
+    assert all((single / "checkpoints" / "one" / f"codes_{n}.npy").exists() for n in names)
+
+
+def test_kill_and_resume_matches_uninterrupted_run(data_root, single, tmp_path):
+    out = train(data_root, tmp_path, "killed", "--stop_after=6")   # in the dynamics phase
+    assert "--resume" in out.stdout
+    train(data_root, tmp_path, "killed", "--resume")
+    a, b = weights(single, "one"), weights(tmp_path, "killed")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_two_processes_match_one(data_root, single, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--")
+    proc = train(data_root, tmp_path, "two", launcher=launcher)
+    assert "weights identical on all 2 processes" in proc.stdout
+    a, b = weights(single, "one"), weights(tmp_path, "two")
+    for k in a:   # the same global batches, split in two: equal up to float summation order
+        assert torch.allclose(a[k].float(), b[k].float(), atol=2e-4, rtol=1e-3), k
+    assert (tmp_path / "results" / "two" / "per_dataset.md").exists()
+
+
+def test_clear_errors(data_root, tmp_path):
+    proc = train(data_root, tmp_path, "x", "--datasets=pendulum,nosuch", check=False)
+    assert proc.returncode != 0 and "unknown dataset nosuch" in proc.stderr
+    proc = train(data_root, tmp_path, "x", "--dyn_batch=3", launcher=(sys.executable, "-m", "torch.distributed.run",
+                 "--standalone", "--nproc_per_node=2", "--"), check=False)
+    assert proc.returncode != 0 and "divisible by the number of processes" in (proc.stderr + proc.stdout)

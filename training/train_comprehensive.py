@@ -1,0 +1,267 @@
+"""Train one SharpWorldModelV2 on all ten datasets at once, then evaluate it per dataset.
+
+    python training/train_comprehensive.py                       # CPU-sized defaults (README: wall time)
+    python training/train_comprehensive.py --resume              # carry on after a kill
+    torchrun --standalone --nproc_per_node=N -- training/train_comprehensive.py   # N processes
+                               # (gloo on CPU, nccl on GPUs; the "--" keeps torchrun from
+                               # reading --run=NAME as its own --run-path)
+    python training/train_comprehensive.py --datasets=pendulum,projectile --run=two
+
+The training is training/loop.py's, the same as train_sharp_v2.py's: tokenizer on frames
+drawn evenly over the datasets, codes cached per dataset, dynamics on clips drawn evenly
+over the datasets (the sampler's weights balance 9k Moving MNIST clips against 1.8k
+orbits). One dynamics for all: no per-dataset switch (`predict` is one setting for the
+whole run). Under torchrun every process takes its share of each global batch, DDP
+averages the gradients, and rank 0 alone writes and evaluates.
+
+After training, per dataset (test split, first eval_sequences clips): 10 -> 10 per-step
+MSE, MAE, PSNR, SSIM, sharpness and body-position error beside copy-last and blank.
+Writes results/<run>/:
+    per_dataset.md, per_dataset.json     the table and every per-step array
+    mse_per_step.png                     MSE against rollout step, a line per dataset
+    physics_<dataset>_result.png, physics_<dataset>.gif   truth above prediction over
+                                         long_horizon steps, on the clips of long_data_root
+                                         (make them with --frames 40, see the README)
+    training_curves.png, config.json; checkpoint checkpoints/<run>/latest.pt
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import utils  # noqa: E402  (first: CPU tuning before torch starts its thread pool)
+
+import numpy as np  # noqa: E402
+
+from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
+from data_utils.generate import DATASET_NAMES  # noqa: E402
+from evaluation import eval_sharp  # noqa: E402
+from evaluation import metrics as M  # noqa: E402
+from training.loop import Interrupted, Run, train_world_model  # noqa: E402
+from training.world_model import PREDICT_MODES  # noqa: E402
+
+CONFIG = dict(
+    # --- run ---------------------------------------------------------------------------
+    run="comprehensive",       # checkpoints/<run>/ and results/<run>/
+    datasets="all",            # all, or a comma-separated list of dataset names
+    data_root="",              # '' = <repo>/data
+    long_data_root="",         # 40-frame clips for the 30-step pictures; '' = <data_root>/frames40
+    device="auto",             # auto | cpu | cuda | mps (under torchrun: cuda = one GPU per process)
+    seed=0,
+    bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
+    resume=False,              # continue from checkpoints/<run>/latest.pt
+    # --- model (training/world_model.py ModelConfig) ---------------------------------------
+    channels=64,
+    code_dim=64,
+    num_codes=512,
+    hidden=64,
+    layers=2,
+    predict="motion",          # one dynamics for every dataset: motion | embedding | layers
+    objects=2,                 # predict=layers only
+    # --- tokenizer phase -----------------------------------------------------------------
+    tok_steps=1200,            # optimiser steps, each on tok_batch frames drawn evenly over the datasets
+    tok_batch=64,
+    tok_lr=2e-3,
+    # --- dynamics phase ------------------------------------------------------------------
+    dyn_sequences=400,         # training clips per dataset whose codes are cached (0 = all)
+    dyn_steps=800,             # optimiser steps (0: keep the untrained dynamics)
+    dyn_batch=16,              # clips per step (global: split over the processes)
+    dyn_lr=1e-3,
+    context=10,
+    teacher_forcing_until=0.3,  # fraction of dyn_steps over which teacher forcing fades to 0
+    workers=0,                 # DataLoader worker processes
+    # --- evaluation and I/O --------------------------------------------------------------
+    eval_sequences=128,        # test clips per dataset for the table
+    long_horizon=30,           # predicted frames in the pictures (needs context + this many frames)
+    examples=3,                # clips shown per dataset
+    log_every=25,
+    ckpt_every=100,
+    out_root="",               # '' = the repo
+    stop_after=0,              # > 0: stop after this many optimiser steps, as a kill would (tests resume)
+)
+
+
+def dataset_names(spec: str) -> list[str]:
+    names = list(DATASET_NAMES) if spec == "all" else [s for s in spec.split(",") if s]
+    unknown = [n for n in names if n not in DATASET_NAMES]
+    if unknown or not names:
+        raise SystemExit(f"error: unknown dataset {', '.join(unknown) or '(none)'}; --datasets takes all or "
+                         f"a comma-separated list of {', '.join(DATASET_NAMES)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------
+# Per-dataset evaluation
+# ----------------------------------------------------------------------------------------
+def evaluate_all(cfg, model, names, device):
+    """eval_sharp.evaluate on each dataset's test clips -> {name: {'short': ..., 'means': ...}}."""
+    out = {}
+    root = cfg["data_root"] or None
+    for name in names:
+        test = load_split(name, "test", root)
+        n = min(cfg["eval_sequences"], test.shape[0])
+        states = Path(test.filename).with_name("test_states.npz")
+        positions = eval_sharp.load_positions(states, n, test.shape[1])
+        ctx = cfg["context"]
+        ev = eval_sharp.evaluate(model, test[:n], device, ctx, test.shape[1] - ctx, positions=positions,
+                                 bf16=cfg["bf16"], progress=False)
+        out[name] = {"n_sequences": n, "results": ev["short"],
+                     "means": {k: M.summarize(ev["short"][k]) for k in eval_sharp.NAMES}}
+        m = out[name]["means"]
+        print(f"  {name:<22} MSE {m['model']['mse']:7.1f} (copy-last {m['copy_last']['mse']:7.1f}, blank "
+              f"{m['blank']['mse']:7.1f}), sharpness at step {ev['short']['model']['sharpness'].size}: "
+              f"{ev['short']['model']['sharpness'][-1]:.2f}")
+    return out
+
+
+def long_examples(cfg, model, name, device):
+    """The first `examples` clips of <long_data_root>/<name>/test.npy rolled out for
+    long_horizon steps, or, without those files, of the 20-frame test split."""
+    root = Path(cfg["long_data_root"]) if cfg["long_data_root"] else \
+        (Path(cfg["data_root"]) if cfg["data_root"] else utils.REPO_ROOT / "data") / "frames40"
+    ctx, want = cfg["context"], cfg["long_horizon"]
+    try:
+        clips = load_sequences(root / name / "test.npy")
+    except DatasetError:
+        clips = load_split(name, "test", cfg["data_root"] or None)
+    horizon = min(want, clips.shape[1] - ctx)
+    clips = clips[:cfg["examples"]]
+    ev = eval_sharp.evaluate(model, clips, device, ctx, horizon, example_ids=range(len(clips)), bf16=cfg["bf16"],
+                             progress=False)
+    return ev["examples"], horizon
+
+
+def plot_long(ex, ctx, name, path, stride=2):
+    """Truth above prediction per example: the last context frame, then every `stride`-th
+    predicted frame."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth, pred = ex["truth"].numpy(), ex["pred"].numpy()   # (E, ctx+hor, H, W), (E, hor, H, W)
+    E, hor = pred.shape[:2]
+    cols = [ctx - 1] + list(range(ctx + stride - 1, ctx + hor, stride))
+    fig, axes = plt.subplots(2 * E, len(cols), figsize=(0.7 * len(cols) + 1, 1.45 * E + 0.4), squeeze=False)
+    for e in range(E):
+        for c, t in enumerate(cols):
+            for r, img in enumerate((truth[e, t], truth[e, t] if t < ctx else pred[e, t - ctx])):
+                ax = axes[2 * e + r, c]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if e == 0 and r == 0:
+                    ax.set_title("ctx" if t < ctx else f"t+{t - ctx + 1}", fontsize=6)
+            axes[2 * e, 0].set_ylabel("truth", fontsize=6)
+            axes[2 * e + 1, 0].set_ylabel("model", fontsize=6)
+    fig.suptitle(f"{name}: {ctx} context frames -> {hor} predicted (truth above model)", fontsize=8)
+    fig.subplots_adjust(wspace=0.03, hspace=0.06)
+    utils.save_figure(fig, path)
+
+
+def plot_mse(per, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, (name, r) in enumerate(per.items()):
+        mse = np.asarray(r["results"]["model"]["mse"])
+        best = np.minimum(r["results"]["copy_last"]["mse"], r["results"]["blank"]["mse"])
+        steps = np.arange(1, len(mse) + 1)
+        axes[0].plot(steps, mse, marker="o", ms=3, color=f"C{i}", label=name)
+        axes[1].plot(steps, mse / best, marker="o", ms=3, color=f"C{i}", label=name)
+    axes[0].set(title="model MSE per frame (sum over pixels)", xlabel="predicted step", yscale="log")
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set(title="model MSE / better baseline (copy-last or blank); < 1 beats both", xlabel="predicted step")
+    axes[1].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    utils.save_figure(fig, path)
+
+
+def table(per, horizon) -> str:
+    """Markdown: one row per dataset, means over the predicted steps and the last step."""
+    head = ("| dataset | clips | MSE model | copy-last | blank | beats both at every step | MAE | PSNR | SSIM "
+            f"| sharpness @{horizon} | position error @{horizon} (px): model / copy-last |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for name, r in per.items():
+        m, res = r["means"], r["results"]
+        beats = np.asarray(res["model"]["mse"]) < np.minimum(res["copy_last"]["mse"], res["blank"]["mse"])
+        pos = res["model"].get("position_error")
+        pos_text = f"{pos[-1]:.2f} / {res['copy_last']['position_error'][-1]:.2f}" if pos is not None else "-"
+        rows.append(f"| {name} | {r['n_sequences']} | {m['model']['mse']:.1f} | {m['copy_last']['mse']:.1f} | "
+                    f"{m['blank']['mse']:.1f} | {'yes' if beats.all() else f'no ({beats.sum()}/{beats.size})'} | "
+                    f"{m['model']['mae']:.1f} | {m['model']['psnr']:.2f} | {m['model']['ssim']:.3f} | "
+                    f"{res['model']['sharpness'][-1]:.2f} | {pos_text} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot_training(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), layout="constrained")
+    tok, dyn = history["tokenizer"], history["dynamics"]
+    if tok:
+        axes[0].plot([h["step"] for h in tok], [h["psnr"] for h in tok])
+        axes[0].set(title="tokenizer PSNR (train batch)", xlabel="step", ylabel="dB")
+        ax2 = axes[0].twinx()
+        ax2.plot([h["step"] for h in tok], [h["perplexity"] for h in tok], color="tab:orange", alpha=0.6)
+        ax2.set_ylabel("codebook perplexity", color="tab:orange")
+    if dyn:
+        axes[1].plot([h["step"] for h in dyn], [h["loss"] for h in dyn])
+        axes[1].set(title="dynamics loss", xlabel="step", yscale="log")
+        for h in dyn[:: max(1, len(dyn) // 5)] + [dyn[-1]]:
+            axes[2].plot(np.arange(1, len(h["rollout_mse"]) + 1), h["rollout_mse"], label=f"step {h['step']}")
+        axes[2].set(title="train rollout MSE per predicted frame", xlabel="predicted step")
+        axes[2].legend(fontsize=7)
+    utils.save_figure(fig, path)
+
+
+def main():
+    cfg = utils.parse_overrides(CONFIG)
+    names = dataset_names(cfg["datasets"])
+    if cfg["predict"] not in PREDICT_MODES:
+        raise SystemExit(f"error: --predict must be one of {', '.join(PREDICT_MODES)}, got '{cfg['predict']}'")
+    run = Run(cfg)
+    try:
+        model, _, times = train_world_model(cfg, run, names)
+    except Interrupted:
+        if run.main:
+            print("stopped after --stop_after steps; continue with --resume")
+        run.close()
+        return
+    if not run.main:
+        run.close()
+        return
+    import time
+
+    t0 = time.time()
+    print(f"evaluating on {len(names)} datasets ({cfg['context']} -> rest of the clip, "
+          f"up to {cfg['eval_sequences']} test clips each)")
+    per = evaluate_all(cfg, model, names, run.device)
+    out = run.out_dir
+    for name in names:
+        ex, hor = long_examples(cfg, model, name, run.device)
+        plot_long(ex, cfg["context"], name, out / f"physics_{name}_result.png")
+        eval_sharp.write_gif(ex, cfg["context"], out / f"physics_{name}.gif", vertical=True)
+    horizon = len(next(iter(per.values()))["results"]["model"]["mse"])
+    md = table(per, horizon)
+    with utils.atomic_path(out / "per_dataset.md") as tmp:
+        tmp.write_text(f"# {cfg['run']}: {cfg['context']} -> {horizon}, per dataset\n\n" + md)
+    times["evaluation_s"] = time.time() - t0
+    utils.save_json({"config": cfg, "model_config": model.config.to_dict(), "processes": run.world,
+                     "wall_seconds_this_invocation": times,
+                     "datasets": {n: {"n_sequences": r["n_sequences"], **eval_sharp.to_json(r["results"])}
+                                  for n, r in per.items()}}, out / "per_dataset.json")
+    plot_mse(per, out / "mse_per_step.png")
+    plot_training(run.history, out / "training_curves.png")
+    print("\n" + md)
+    print(f"wrote {out}/per_dataset.md, per_dataset.json, mse_per_step.png, training_curves.png, "
+          f"physics_<dataset>_result.png and .gif; checkpoint {run.ckpt_path}")
+    run.close()
+
+
+if __name__ == "__main__":
+    main()
