@@ -231,6 +231,38 @@ def bench_model(args) -> dict:
     return result
 
 
+# --- ddp: samples per second with 1..N processes ------------------------------------------
+@section("ddp")
+def bench_ddp(args) -> dict:
+    """Train train_comprehensive.py's default model on all ten datasets for a few dynamics
+    steps under torchrun with 1, 2, ... processes (threads split evenly over the cores),
+    and read the dynamics' global clips per second off the run's history (median over
+    the logged steps after the first). Needs the datasets in data/."""
+    import subprocess
+
+    cores = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.procs:
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // n)), VPWM_DEVICE=args.device)
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "--",
+                   str(utils.REPO_ROOT / "training" / "train_comprehensive.py"), f"--run=ddp{n}", f"--out_root={tmp}",
+                   "--tok_steps=2", "--dyn_sequences=16", f"--dyn_steps={args.steps}", "--log_every=1",
+                   "--eval_sequences=0"]
+            t0 = time.time()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"error: torchrun with {n} processes failed:\n{proc.stderr[-1500:]}")
+            hist = torch.load(Path(tmp) / "checkpoints" / f"ddp{n}" / "latest.pt", weights_only=True)["history"]
+            rates = [h["samples_per_s"] for h in hist["dynamics"][1:]]
+            rows.append({"processes": n, "threads_each": max(1, cores // n), "dyn_batch": 16,
+                         "clips_per_s": round(float(np.median(rates)), 2), "wall_s": round(time.time() - t0, 1)})
+    return {"section": "ddp", "rows": rows, "machine": machine_info(),
+            "what": "dynamics phase of train_comprehensive.py (default model, global batch 16 clips of 20 frames), "
+                    "median global clips per second over the logged steps after the first",
+            "command": "python " + " ".join(map(shlex.quote, sys.argv))}
+
+
 def _bench_frames(name: str, n_frames: int, n_clips: int) -> torch.Tensor:
     """Real training clips when the dataset exists (so codebook and motion are realistic),
     else random moving squares of the same shape. Returns float (N, T, 1, 64, 64) in [0, 1]."""
@@ -278,6 +310,7 @@ def main(argv=None):
     parser.add_argument("--tok-batch", type=int, default=0, help="model: frames per tokenizer step (0: training default)")
     parser.add_argument("--dyn-batch", type=int, default=0, help="model: clips per dynamics step (0: training default)")
     parser.add_argument("--model-dataset", default="moving_mnist", help="model: clips to time on")
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="ddp: process counts to time")
     parser.add_argument("--run", default="sharp_v2", help="model: run whose metrics.json gives quality for budget")
     args = parser.parse_args(argv)
     if args.section != "all" and args.section not in SECTIONS:

@@ -63,14 +63,14 @@ CONFIG = dict(
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
     dyn_sequences=400,         # training clips per dataset whose codes are cached (0 = all)
-    dyn_steps=800,             # optimiser steps (0: keep the untrained dynamics)
+    dyn_steps=1000,            # optimiser steps (0: keep the untrained dynamics)
     dyn_batch=16,              # clips per step (global: split over the processes)
     dyn_lr=1e-3,
     context=10,
     teacher_forcing_until=0.3,  # fraction of dyn_steps over which teacher forcing fades to 0
     workers=0,                 # DataLoader worker processes
     # --- evaluation and I/O --------------------------------------------------------------
-    eval_sequences=128,        # test clips per dataset for the table
+    eval_sequences=128,        # test clips per dataset for the table (0: train only, no evaluation)
     long_horizon=30,           # predicted frames in the pictures (needs context + this many frames)
     examples=3,                # clips shown per dataset
     log_every=25,
@@ -232,7 +232,7 @@ def main():
             print("stopped after --stop_after steps; continue with --resume")
         run.close()
         return
-    if not run.main:
+    if not run.main or cfg["eval_sequences"] == 0:
         run.close()
         return
     import time
