@@ -2,15 +2,13 @@
 and pictures, kill-and-resume equal to an uninterrupted run, and torchrun with two CPU
 processes (gloo) equal to one process on the same global batch."""
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import run
+
 NAMES = "bouncing_balls,pendulum,wave_motion"
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
         "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=4", "--dyn_sequences=6", "--context=4",
@@ -18,26 +16,18 @@ TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--laye
         f"--datasets={NAMES}"]
 
 
-def run(args, check=True, timeout=240):
-    env = dict(os.environ, VPWM_DEVICE="cpu", OMP_NUM_THREADS="1")
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     common = ["--num", "20", "--frames", "8", "--out", str(root), "--no-preview", "--workers", "1"]
-    run([sys.executable, "data_utils/generate_physics_data.py", "--dataset", "bouncing_balls,pendulum", *common])
-    run([sys.executable, "data_utils/generate_diverse_datasets.py", "--dataset", "wave_motion", *common])
+    run(["data_utils/generate_physics_data.py", "--dataset", "bouncing_balls,pendulum", *common])
+    run(["data_utils/generate_diverse_datasets.py", "--dataset", "wave_motion", *common])
     return root
 
 
 def train(data_root, out_root, name, *extra, launcher=(sys.executable,), check=True):
-    return run([*launcher, "training/train_comprehensive.py", f"--run={name}", f"--data_root={data_root}",
-                f"--out_root={out_root}", *TINY, *extra], check=check)
+    return run(["training/train_comprehensive.py", f"--run={name}", f"--data_root={data_root}",
+                f"--out_root={out_root}", *TINY, *extra], check=check, launcher=launcher)
 
 
 def weights(out_root, name):

@@ -1,27 +1,16 @@
 """training/train_sharp_v2.py end to end as a subprocess with tiny settings: outputs,
 kill-and-resume reproducing an uninterrupted run, and clear errors."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import run
+
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1",
         "--tok_steps=6", "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=2", "--dyn_sequences=6",
         "--context=4", "--eval_sequences=4", "--ckpt_every=2", "--log_every=1"]
-
-
-def run(args, check=True):
-    env = dict(os.environ, VPWM_DEVICE="cpu", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """training/world_model.py: quantizer against a plain reference, EMA and restarts,
 straight-through gradients, ConvGRU and rollout shapes, a tiny model that learns."""
 import torch
-import torch.nn.functional as F
 
 from training.motion import compose, correlation, read, warp
 from training.world_model import ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss

@@ -452,3 +452,41 @@ def check_in_sync(model, run: Run):
         raise SystemExit("error: the processes ended with different weights; this is a bug, please report it")
     if run.main:
         print(f"weights identical on all {run.world} processes")
+
+
+def plot_history(history: dict, path: Path):
+    """training_curves.png: tokenizer PSNR and codebook perplexity, the dynamics loss (with
+    the teacher-forcing schedule, or the layer position error), and the per-step rollout
+    error of the training batch at a few points of training."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
+    tok = history["tokenizer"]
+    if tok:
+        axes[0].plot([h["step"] for h in tok], [h["psnr"] for h in tok])
+        axes[0].set(title="tokenizer PSNR (train batch)", xlabel="step", ylabel="dB")
+        ax2 = axes[0].twinx()
+        ax2.plot([h["step"] for h in tok], [h["perplexity"] for h in tok], color="tab:orange", alpha=0.6)
+        ax2.set_ylabel("codebook perplexity", color="tab:orange")
+    dyn = history["dynamics"]
+    if dyn:
+        axes[1].plot([h["step"] for h in dyn], [h["loss"] for h in dyn])
+        axes[1].set(title="dynamics loss", xlabel="step", yscale="log")
+        if "track_px" not in dyn[-1]:   # layers mode runs free from the start: no teacher forcing
+            axes[1].plot([h["step"] for h in dyn], [h["teacher"] * max(h["loss"] for h in dyn) for h in dyn],
+                         "--", alpha=0.5, label="teacher forcing (scaled)")
+            axes[1].legend(fontsize=7)
+        if "track_px" in dyn[-1]:
+            ax2 = axes[1].twinx()
+            ax2.plot([h["step"] for h in dyn], [np.mean(h["track_px"]) for h in dyn], color="tab:green", alpha=0.7)
+            ax2.set_ylabel("layer position error vs tracked (px)", color="tab:green")
+        steps = np.arange(1, len(dyn[-1]["rollout_mse"]) + 1)
+        shown = dyn[:: max(1, len(dyn) // 5)]
+        for h in shown + ([dyn[-1]] if shown[-1] is not dyn[-1] else []):
+            axes[2].plot(steps, h["rollout_mse"], label=f"step {h['step']}")
+        axes[2].set(title="train rollout MSE per predicted frame", xlabel="predicted step",
+                    ylabel="MSE (sum over pixels)")
+        axes[2].legend(fontsize=7)
+    utils.save_figure(fig, path)

@@ -36,7 +36,7 @@ from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa
 from data_utils.generate import DATASET_NAMES  # noqa: E402
 from evaluation import eval_sharp  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
-from training.loop import Interrupted, Run, train_world_model  # noqa: E402
+from training.loop import Interrupted, Run, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
 CONFIG = dict(
@@ -196,29 +196,6 @@ def table(per, horizon) -> str:
     return head + "\n".join(rows) + "\n"
 
 
-def plot_training(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), layout="constrained")
-    tok, dyn = history["tokenizer"], history["dynamics"]
-    if tok:
-        axes[0].plot([h["step"] for h in tok], [h["psnr"] for h in tok])
-        axes[0].set(title="tokenizer PSNR (train batch)", xlabel="step", ylabel="dB")
-        ax2 = axes[0].twinx()
-        ax2.plot([h["step"] for h in tok], [h["perplexity"] for h in tok], color="tab:orange", alpha=0.6)
-        ax2.set_ylabel("codebook perplexity", color="tab:orange")
-    if dyn:
-        axes[1].plot([h["step"] for h in dyn], [h["loss"] for h in dyn])
-        axes[1].set(title="dynamics loss", xlabel="step", yscale="log")
-        for h in dyn[:: max(1, len(dyn) // 5)] + [dyn[-1]]:
-            axes[2].plot(np.arange(1, len(h["rollout_mse"]) + 1), h["rollout_mse"], label=f"step {h['step']}")
-        axes[2].set(title="train rollout MSE per predicted frame", xlabel="predicted step")
-        axes[2].legend(fontsize=7)
-    utils.save_figure(fig, path)
-
-
 def main():
     cfg = utils.parse_overrides(CONFIG)
     names = dataset_names(cfg["datasets"])
@@ -256,7 +233,7 @@ def main():
                      "datasets": {n: {"n_sequences": r["n_sequences"], **eval_sharp.to_json(r["results"])}
                                   for n, r in per.items()}}, out / "per_dataset.json")
     plot_mse(per, out / "mse_per_step.png")
-    plot_training(run.history, out / "training_curves.png")
+    plot_history(run.history, out / "training_curves.png")
     print("\n" + md)
     print(f"wrote {out}/per_dataset.md, per_dataset.json, mse_per_step.png, training_curves.png, "
           f"physics_<dataset>_result.png and .gif; checkpoint {run.ckpt_path}")
