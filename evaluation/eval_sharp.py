@@ -297,10 +297,9 @@ def write_gif(ex: dict, ctx: int, path: Path, scale: int = 2, ms_per_frame: int 
             canvas[y:y + H, :W] = truth[e, t][..., None]
             canvas[y:y + H, W + gap:] = right[..., None]
             canvas[y + H:y + H + bar, W + gap:] = (128, 128, 128) if t < ctx else (60, 200, 90)
-        if vertical:   # the same panels, transposed: examples left to right, truth on top
-            canvas = np.concatenate([np.concatenate([canvas[e * (H + bar + gap):e * (H + bar + gap) + H + bar, :W],
-                                                     canvas[e * (H + bar + gap):e * (H + bar + gap) + H + bar, W + gap:]],
-                                                    0) for e in range(E)], 1)
+        if vertical:   # the same panels rearranged: examples left to right, truth on top
+            rows = [canvas[e * (H + bar + gap):e * (H + bar + gap) + H + bar] for e in range(E)]
+            canvas = np.concatenate([np.concatenate([r[:, :W], r[:, W + gap:]], 0) for r in rows], 1)
         big = canvas.repeat(scale, 0).repeat(scale, 1)
         images.append(Image.fromarray(big))
     with utils.atomic_path(path) as tmp:

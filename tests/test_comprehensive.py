@@ -81,6 +81,17 @@ def test_torchrun_two_processes_match_one(data_root, single, tmp_path):
     assert (tmp_path / "results" / "two" / "per_dataset.md").exists()
 
 
+def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
+    """--init_tokenizer skips the tokenizer phase: candidates for the dynamics are
+    compared on one tokenizer."""
+    ckpt = single / "checkpoints" / "one" / "latest.pt"
+    train(data_root, tmp_path, "emb", "--predict=embedding", f"--init_tokenizer={ckpt}", "--dyn_steps=2")
+    a, b = weights(single, "one"), weights(tmp_path, "emb")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("tokenizer."))
+    hist = torch.load(tmp_path / "checkpoints" / "emb" / "latest.pt", weights_only=True)["history"]
+    assert hist["tokenizer"] == [] and len(hist["dynamics"]) == 2
+
+
 def test_clear_errors(data_root, tmp_path):
     proc = train(data_root, tmp_path, "x", "--datasets=pendulum,nosuch", check=False)
     assert proc.returncode != 0 and "unknown dataset nosuch" in proc.stderr

@@ -31,8 +31,9 @@ LATENT_POOL = 4       # latent(): the ConvGRU features average-pooled to 4 x 4 c
 class FrameUnit:
     """The shared part: the ConvGRU runs over every context frame (with its action), then
     over its own predictions. State: {'hidden', 'feats', 'raw' (the head's output for the
-    next frame), 'codes', 'emb_in' (the embedding the core last read), 'anchor' (last observed frame), 'motion' (displacement since
-    it, or None), 'reward' (for the next frame, or None)}."""
+    next frame), 'codes', 'emb_in' (the embedding the core last read), 'anchor' (the last
+    observed frame), 'motion' (the displacement since it, or None), 'reward' (for the next
+    frame, or None)}."""
 
     extra_in = 0
 

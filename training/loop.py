@@ -259,6 +259,22 @@ def build_model(cfg: dict, image_size: int, run: Run) -> SharpWorldModelV2:
     return model
 
 
+def load_tokenizer(model, path: Path, verbose: bool = True):
+    """Start from the tokenizer of another run (skipping the tokenizer phase): its
+    tokenizer settings must be these."""
+    ckpt = utils.load_checkpoint(path)
+    theirs = ckpt.get("model_config") or {}
+    keys = ("channels", "code_dim", "num_codes", "image_size")
+    ours = model.config.to_dict()
+    if any(theirs.get(k) != ours[k] for k in keys):
+        raise SystemExit(f"error: the tokenizer of {path} has " + ", ".join(f"{k}={theirs.get(k)}" for k in keys)
+                         + "; pass the same settings or drop --init_tokenizer")
+    prefix = "tokenizer."
+    model.tokenizer.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+    if verbose:
+        print(f"tokenizer from {path}")
+
+
 def ddp(module, run: Run):
     if run.world == 1:
         return module
@@ -421,6 +437,10 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
     if run.state is not None and run.main:
         print(f"resuming from {run.ckpt_path}: phase {phase}, step {run.state['step']}")
     counter, times, t0 = [0], {}, time.time()
+    if phase == "tokenizer" and cfg.get("init_tokenizer"):
+        load_tokenizer(model, Path(cfg["init_tokenizer"]), run.main)
+        save_state(run, cfg, model, None, "codes", 0, run.history)
+        phase = "codes"
     if phase == "tokenizer":
         train_tokenizer(cfg, run, model, windows, counter)
         run.state, phase = None, "codes"

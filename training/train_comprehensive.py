@@ -58,6 +58,7 @@ CONFIG = dict(
     predict="motion",          # one dynamics for every dataset: motion | embedding | layers
     objects=2,                 # predict=layers only
     # --- tokenizer phase -----------------------------------------------------------------
+    init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one
     tok_steps=1200,            # optimiser steps, each on tok_batch frames drawn evenly over the datasets
     tok_batch=64,
     tok_lr=2e-3,

@@ -46,6 +46,7 @@ CONFIG = dict(
                                # | layers (move rigid objects, re-tokenise) | auto: layers on moving_mnist, else motion
     objects=2,                 # predict=layers: rigid layers cut from the last context frame
     # --- tokenizer phase -----------------------------------------------------------------
+    init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one
     tok_steps=1000,            # optimiser steps on random frames
     tok_batch=64,              # frames per step
     tok_lr=2e-3,
