@@ -1,5 +1,6 @@
-# make quickstart  - set up .venv, generate the ten datasets, train and evaluate the world model
-# make test        - set up .venv and run the test suite (what CI runs)
+# make quickstart     - set up .venv, generate the ten datasets, train and evaluate the Moving MNIST world model
+# make comprehensive  - the same data, then one world model on all ten datasets with its per-dataset evaluation
+# make test           - set up .venv and run the test suite (what CI runs)
 PYTHON ?= python3
 PY := .venv/bin/python
 
@@ -14,12 +15,18 @@ setup: .venv/.installed
 test: setup
 	$(PY) -m pytest
 
+# the ten datasets at full size, and 1,280 clips of 40 frames each for the 30-step pictures
 data: setup
 	$(PY) data_utils/generate_physics_data.py --dataset all
 	$(PY) data_utils/generate_diverse_datasets.py --dataset all
+	$(PY) data_utils/generate_physics_data.py --dataset all --frames 40 --num 1280 --out data/frames40 --no-preview
+	$(PY) data_utils/generate_diverse_datasets.py --dataset all --frames 40 --num 1280 --out data/frames40 --no-preview
 
 quickstart: data
 	$(PY) training/train_sharp_v2.py
 	$(PY) evaluation/eval_sharp.py
 
-.PHONY: setup test data quickstart
+comprehensive: data
+	$(PY) training/train_comprehensive.py
+
+.PHONY: setup test data quickstart comprehensive

@@ -171,6 +171,10 @@ class SequenceWindows(Dataset):
         self.sizes = [shp[0] * w for shp, w in zip(shapes, self._per_seq)]
         self._offsets = np.cumsum([0] + self.sizes)
 
+    def array(self, k: int) -> np.ndarray:
+        """The whole uint8 (N, T, H, W) array of dataset k (memory-mapped, opened once per process)."""
+        return self._array(k)
+
     def _array(self, k: int) -> np.ndarray:
         if self._arrays[k] is None:
             self._arrays[k] = np.load(self._paths[k], mmap_mode="r")
@@ -205,10 +209,16 @@ class SequenceWindows(Dataset):
         """(..., L, 1, H, W) -> context (..., context, 1, H, W), target (..., target, 1, H, W), as views."""
         return frames[..., :self.context, :, :, :], frames[..., self.context:self.length, :, :, :]
 
-    def weights(self) -> torch.Tensor:
-        """Per-item sampling weights that draw every dataset equally often: 1 / (its item count)."""
-        w = torch.cat([torch.full((n,), 1.0 / max(n, 1), dtype=torch.double) for n in self.sizes])
-        return w / max(1, sum(n > 0 for n in self.sizes))
+    def weights(self, first: int = 0) -> torch.Tensor:
+        """Per-item sampling weights that draw every dataset equally often: 1 / (its item count).
+        first > 0: only the first `first` items of each dataset (the others weigh 0)."""
+        parts = []
+        for n in self.sizes:
+            kept = min(n, first) if first else n
+            w = torch.zeros(n, dtype=torch.double)
+            w[:kept] = 1.0 / max(kept, 1)
+            parts.append(w)
+        return torch.cat(parts) / max(1, sum(n > 0 for n in self.sizes))
 
     def sampler(self, num_samples: int | None = None, generator: torch.Generator | None = None):
         """A WeightedRandomSampler (with replacement) balanced over the datasets."""

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import utils
-from data_utils.datasets import DatasetError, SequenceWindows
+from data_utils.datasets import DatasetError, SequenceWindows, load_split
 from training import layers
 from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
@@ -164,28 +164,12 @@ def open_windows(cfg: dict, names: list[str], split: str = "train") -> SequenceW
     """Whole clips of the named datasets (one window per clip, from frame 0)."""
     root = cfg["data_root"] or None
     try:
-        probe = SequenceWindows(names, split, context=1, target=0, root=root)
-        T = min(int(np.load(p, mmap_mode="r").shape[1]) for p in probe._paths)
+        T = min(load_split(name, split, root).shape[1] for name in names)
         if T <= cfg["context"]:
             raise SystemExit(f"error: clips have {T} frames; --context={cfg['context']} must be smaller")
         return SequenceWindows(names, split, context=cfg["context"], target=T - cfg["context"], root=root)
     except DatasetError as exc:
         raise SystemExit(f"error: {exc}") from None
-
-
-def limited_weights(windows: SequenceWindows, per_dataset: int) -> torch.Tensor:
-    """Balanced weights (every dataset drawn equally often) over the first `per_dataset`
-    clips of each dataset (0 = all)."""
-    w = windows.weights().clone()
-    if per_dataset:
-        for k, n in enumerate(windows.sizes):
-            lo = int(windows._offsets[k])
-            w[lo + min(n, per_dataset):lo + n] = 0
-            kept = min(n, per_dataset)
-            if kept:
-                w[lo:lo + kept] = 1.0 / kept
-        w /= w.sum()
-    return w
 
 
 def to_device(batch: dict, device) -> dict:
@@ -353,7 +337,7 @@ def _cut_cached(path: Path, n: int, cfg) -> bool:
 
 
 def _clips(windows, k, lo, hi, device):
-    arr = windows._array(k)
+    arr = windows.array(k)
     return torch.from_numpy(np.array(arr[lo:hi, :windows.length])).to(device).float().div_(255).unsqueeze(2)
 
 
@@ -399,7 +383,7 @@ def train_dynamics(cfg, run, model, windows, cached, counter):
     model.dynamics.train()
     wrapped = ddp(model, run)
     data = CachedWindows(windows, cached)
-    weights = limited_weights(windows, cfg["dyn_sequences"])
+    weights = windows.weights(first=cfg["dyn_sequences"])
     anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
     T = windows.length
 
