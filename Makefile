@@ -15,10 +15,13 @@ setup: .venv/.installed
 test: setup
 	$(PY) -m pytest
 
-# the ten datasets at full size, and 1,280 clips of 40 frames each for the 30-step pictures
+# the ten datasets at full size
 data: setup
 	$(PY) data_utils/generate_physics_data.py --dataset all
 	$(PY) data_utils/generate_diverse_datasets.py --dataset all
+
+# 1,280 clips of 40 frames per dataset, for the comprehensive run's 30-step pictures
+data40: setup
 	$(PY) data_utils/generate_physics_data.py --dataset all --frames 40 --num 1280 --out data/frames40 --no-preview
 	$(PY) data_utils/generate_diverse_datasets.py --dataset all --frames 40 --num 1280 --out data/frames40 --no-preview
 
@@ -26,7 +29,7 @@ quickstart: data
 	$(PY) training/train_sharp_v2.py
 	$(PY) evaluation/eval_sharp.py
 
-comprehensive: data
+comprehensive: data data40
 	$(PY) training/train_comprehensive.py
 
-.PHONY: setup test data quickstart comprehensive
+.PHONY: setup test data data40 quickstart comprehensive

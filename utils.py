@@ -107,24 +107,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
 
 
-def rng_state() -> dict:
-    """Every RNG a training loop draws from, in a form `torch.load(weights_only=True)`
-    accepts (tensors, ints, lists)."""
-    return {
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[2],
-        "numpy": np.random.get_state()[1].tolist(),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-
-
 # --- --key=value overrides --------------------------------------------------------------
 def _parse_value(key: str, text: str, default):
     """Convert `text` to the type of `default`; raise SystemExit naming the fix."""

@@ -28,6 +28,16 @@ MASS_WEIGHT = 0.1     # motion: relative brightness error of each predicted fram
 LATENT_POOL = 4       # latent(): the ConvGRU features average-pooled to 4 x 4 cells
 
 
+def reward_targets(model, batch):
+    """batch['rewards'] (B, T) when the model has a reward head (then they are required:
+    an untrained head would get no gradient, which DDP refuses), else None."""
+    if model.dynamics.reward is None:
+        return None
+    if batch.get("rewards") is None:
+        raise ValueError("this model has a reward head (reward_head=True): the batch needs 'rewards' (B, T)")
+    return batch["rewards"]
+
+
 class FrameUnit:
     """The shared part: the ConvGRU runs over every context frame (with its action), then
     over its own predictions. State: {'hidden', 'feats', 'raw' (the head's output for the
@@ -90,7 +100,7 @@ class FrameUnit:
         Returns (loss, logs): logs['step_mse'] the per-step error summed over pixels and
         logs['rollout_mse'] its part after the context."""
         frames, codes = batch["frames"], batch["codes"]
-        actions, rewards = batch.get("actions"), batch.get("rewards")
+        actions, rewards = batch.get("actions"), reward_targets(model, batch)
         dyn = model.dynamics
         B, T = frames.shape[:2]
         state = {"hidden": dyn.init_hidden(B, frames.device, model.grid, model.grid),
@@ -104,7 +114,7 @@ class FrameUnit:
             target = frames[:, t + 1]
             pred, fed, _ = self.advance(model, state, raw, sample=False)
             loss_t = self.step_loss(model, state, raw, pred, target, codes[:, t + 1])
-            if rewards is not None:
+            if rewards is not None:   # the reward of frame t and action t
                 loss_t = loss_t + F.mse_loss(dyn.predict_reward(feats), rewards[:, t])
             total = total + loss_t
             step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())

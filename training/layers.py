@@ -15,7 +15,7 @@ object's velocity changes (wall bounces), which the ConvGRU does per layer.
 Nothing here is learned and nothing here reads physical states: the layers come from
 the frames alone.
   1. Per 4x4-pixel cell with ink, the displacement between the last two frames, read
-     as the peak of the normalised correlation (`motion_evidence`).
+     as the peak of the normalised correlation (`motion.read`).
   2. k-means (Lloyd 1982) on the displacements of the confident cells that hold ink,
      k = `objects`, started from far-apart points: one cluster per object moving its own way.
   3. Each ink pixel of the last frame joins the cluster with the most cells nearby.
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from training import motion
+from training.dynamics import reward_targets
 
 SEARCH_PX = 6        # template search radius per frame (Moving MNIST moves <= 5 px/frame)
 INK = 0.05           # pixels brighter than this belong to an object
@@ -251,7 +252,7 @@ class RigidLayers:
     tracking the layers, so of the context actions only the last is used (it leads to
     the first predicted frame). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
     'offset' (B, K, 2), 'moved' (B, K, H, W), 'velocity' (B, K, 2), 'centre' (B, K, 2),
-    'codes', 'action'}."""
+    'codes', 'action', 'feats' (the last step's ConvGRU features, None before the first)}."""
 
     extra_in = 5   # coverage, velocity (2), centre (2)
 
@@ -341,7 +342,7 @@ class RigidLayers:
         per-step pixel error of the overlay (before re-tokenising) and logs['track_px']
         the mean position error per step in pixels."""
         frames, codes = batch["frames"], batch["codes"]
-        actions, rewards = batch.get("actions"), batch.get("rewards")
+        actions, rewards = batch.get("actions"), reward_targets(model, batch)
         L, positions, score = batch["L"], batch["positions"], batch["score"]
         T = frames.shape[1]
         state = self.observe(model, frames[:, :context], None, codes[:, :context], L, batch["velocity"])

@@ -2,20 +2,23 @@
 dataset) and training/train_comprehensive.py (all ten), on SequenceWindows and a
 DataLoader, in one process or under torchrun with DistributedDataParallel.
 
-    run = Run(cfg)                                   # folders, device, ranks, resume rules
-    model, history = train_world_model(cfg, run)     # tokenizer -> cached codes -> dynamics
+    run = Run(cfg)                                           # folders, device, ranks, resume rules
+    model, windows, times = train_world_model(cfg, run, names)   # tokenizer -> codes -> dynamics
 
 Phases: (1) the VQ-VAE tokenizer on single frames; (2) the tokens of the training clips
 computed once and cached (checkpoints/<run>/codes_<dataset>.npy; and the rigid-layer cut
 for predict=layers); (3) the dynamics on the cached tokens, tokenizer frozen, moving from
 teacher forcing to free-running rollouts.
 
-Determinism: each optimiser step draws its clips, frames and teacher-forcing choices from
-a generator seeded by (seed, phase, step). So a run resumed from a checkpoint (saved
+Determinism: each optimiser step draws its clips from a generator seeded by (seed, step)
+and its frames and teacher-forcing choices from one seeded by (seed, phase, step). So a
+run resumed from a checkpoint (saved
 atomically every ckpt_every steps) continues exactly as an uninterrupted one, and N
 processes that each take their 1/N of every global batch take the same batches one
 process would. DDP averages gradients; the tokenizer's EMA codebook statistics are summed
-across ranks in the quantizer; only rank 0 writes files.
+across ranks in the quantizer; only rank 0 writes files. The logged losses and rollout
+errors are rank 0's share of each batch. (The layers loss normalises by each rank's own
+count of layers found, so under DDP its gradient is close to, not equal to, one process's.)
 """
 from __future__ import annotations
 
@@ -70,6 +73,26 @@ class Run:
         self.ckpt_dir, self.out_dir = base / "checkpoints" / cfg["run"], base / "results" / cfg["run"]
         self.ckpt_path = self.ckpt_dir / "latest.pt"
         self.state = None
+        self.history = {"tokenizer": [], "dynamics": []}
+        failure = None
+        try:
+            self._prepare(cfg)
+        except SystemExit as exc:
+            failure = exc
+        if self.world > 1:
+            # Every rank checks the run folder before any rank writes to it, and all stop
+            # together when one cannot go on (a rank left waiting in a collective would hang).
+            failed = torch.tensor([0.0 if failure is None else 1.0], device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and failure is None:
+                failure = SystemExit("error: another process stopped; its message says why")
+        if failure is not None:
+            self.close()
+            raise failure
+        if self.state is not None:
+            self.history = self.state["history"]
+
+    def _prepare(self, cfg):
         if cfg["resume"]:
             if not self.ckpt_path.exists():
                 raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
@@ -148,6 +171,18 @@ class CachedWindows(Dataset):
     def __init__(self, windows: SequenceWindows, arrays: dict[str, list]):
         self.windows, self.arrays = windows, arrays
 
+    def __getstate__(self):
+        # DataLoader workers: a memmap would pickle as a full copy; send its file instead
+        state = self.__dict__.copy()
+        state["arrays"] = {key: [("memmap", a.filename) if isinstance(a, np.memmap) else a for a in per]
+                           for key, per in self.arrays.items()}
+        return state
+
+    def __setstate__(self, state):
+        state["arrays"] = {key: [np.load(a[1], mmap_mode="r") if isinstance(a, tuple) else a for a in per]
+                           for key, per in state["arrays"].items()}
+        self.__dict__.update(state)
+
     def __len__(self):
         return len(self.windows)
 
@@ -179,10 +214,18 @@ def to_device(batch: dict, device) -> dict:
 # ----------------------------------------------------------------------------------------
 # One optimisation phase
 # ----------------------------------------------------------------------------------------
-def check_finite(value: float, phase: str, step: int, run: Run):
-    if not math.isfinite(value):
-        raise SystemExit(f"error: {phase} loss became {value} at step {step}; the last good checkpoint is "
-                         f"{run.ckpt_path} - lower the learning rate (--tok_lr / --dyn_lr) and rerun with --resume")
+def check_finite(value: float, what: str, phase: str, step: int, run: Run):
+    """Stop every rank together (one rank leaving would hang the others in backward) when
+    `value` is NaN or infinite on any of them; the weights have not been updated with it."""
+    bad = not math.isfinite(value)
+    if run.world > 1:
+        flag = torch.tensor([float(bad)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if bad:
+        raise SystemExit(f"error: the {phase} {what} became non-finite at step {step}; the last checkpoint "
+                         f"({run.ckpt_path}) was saved before it - lower the learning rate (--tok_lr / "
+                         f"--dyn_lr) and rerun with --resume")
 
 
 def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
@@ -196,7 +239,12 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(1, steps), pct_start=0.05)
     start = 0
     if run.state is not None and run.state["phase"] == phase:
+        # The schedule's settings come from this command line (a lower --dyn_lr after a NaN
+        # stop must take effect), the moments and step counts from the checkpoint.
+        fresh = [{k: g[k] for k in ("initial_lr", "max_lr", "min_lr")} for g in opt.param_groups]
         opt.load_state_dict(run.state["optimizer"])
+        for g, f in zip(opt.param_groups, fresh):
+            g.update(f)
         start = run.state["step"]
         for _ in range(start):
             sched.step()
@@ -207,10 +255,11 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         batch = to_device(batch, run.device)
         with utils.autocast(run.device, cfg["bf16"]):
             loss, logs = loss_fn(batch, step)
-        check_finite(logs["loss"], phase, step, run)
+        check_finite(logs["loss"], "loss", phase, step, run)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        check_finite(float(norm), "gradient", phase, step, run)
         opt.step()
         sched.step()
         now = time.perf_counter()
@@ -247,6 +296,9 @@ def load_tokenizer(model, path: Path, verbose: bool = True):
     """Start from the tokenizer of another run (skipping the tokenizer phase): its
     tokenizer settings must be these."""
     ckpt = utils.load_checkpoint(path)
+    if ckpt.get("phase") not in ("codes", "dynamics", "done") or "model" not in ckpt:
+        raise SystemExit(f"error: {path} holds no finished tokenizer (phase {ckpt.get('phase')!r}); finish that "
+                         f"run first (--resume) or drop --init_tokenizer")
     theirs = ckpt.get("model_config") or {}
     keys = ("channels", "code_dim", "num_codes", "image_size")
     ours = model.config.to_dict()
@@ -306,7 +358,7 @@ def cache_clips(cfg, run, model, windows, per_dataset: int) -> dict[str, list]:
         cut_path = run.ckpt_dir / f"layers_{name}.npz"
         if run.main and not _cached(path, n, windows.length):
             _write_codes(cfg, run, model, windows, k, n, path)
-        if run.main and cut and not _cut_cached(cut_path, n, cfg):
+        if run.main and cut and not _cut_cached(cut_path, n, windows.length, cfg):
             _write_cut(cfg, run, windows, k, n, cut_path)
         run.barrier()
         out["codes"].append(np.load(path, mmap_mode="r"))
@@ -326,12 +378,13 @@ def _cached(path: Path, n: int, T: int) -> bool:
         return False
 
 
-def _cut_cached(path: Path, n: int, cfg) -> bool:
+def _cut_cached(path: Path, n: int, T: int, cfg) -> bool:
     if not path.exists():
         return False
     try:
         with np.load(path) as f:
-            return f["L"].shape[:2] == (n, cfg["objects"]) and int(f["context"]) == cfg["context"]
+            return (f["L"].shape[:2] == (n, cfg["objects"]) and f["positions"].shape[2] == T
+                    and int(f["context"]) == cfg["context"])
     except (OSError, ValueError, KeyError):
         return False
 
@@ -416,7 +469,6 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
     utils.seed_everything(cfg["seed"])
     windows = open_windows(cfg, names)
     model = build_model(cfg, windows.frame_shape[-1], run)
-    run.history = run.state["history"] if run.state else {"tokenizer": [], "dynamics": []}
     phase = run.state["phase"] if run.state else "tokenizer"
     if run.state is not None and run.main:
         print(f"resuming from {run.ckpt_path}: phase {phase}, step {run.state['step']}")

@@ -25,6 +25,7 @@ Writes results/<run>/:
     training_curves.png, config.json; checkpoint checkpoints/<run>/latest.pt
 """
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -210,11 +211,11 @@ def main():
             print("stopped after --stop_after steps; continue with --resume")
         run.close()
         return
+    if run.main:
+        plot_history(run.history, run.out_dir / "training_curves.png")
     if not run.main or cfg["eval_sequences"] == 0:
         run.close()
         return
-    import time
-
     t0 = time.time()
     print(f"evaluating on {len(names)} datasets ({cfg['context']} -> rest of the clip, "
           f"up to {cfg['eval_sequences']} test clips each)")
@@ -234,7 +235,6 @@ def main():
                      "datasets": {n: {"n_sequences": r["n_sequences"], **eval_sharp.to_json(r["results"])}
                                   for n, r in per.items()}}, out / "per_dataset.json")
     plot_mse(per, out / "mse_per_step.png")
-    plot_history(run.history, out / "training_curves.png")
     print("\n" + md)
     print(f"wrote {out}/per_dataset.md, per_dataset.json, mse_per_step.png, training_curves.png, "
           f"physics_<dataset>_result.png and .gif; checkpoint {run.ckpt_path}")

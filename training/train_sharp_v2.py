@@ -135,7 +135,12 @@ def main():
     try:
         model, _, times = train_world_model(cfg, run, [cfg["dataset"]])
     except Interrupted:
-        print("stopped after --stop_after steps; continue with --resume")
+        if run.main:
+            print("stopped after --stop_after steps; continue with --resume")
+        run.close()
+        return
+    if not run.main:   # under torchrun, rank 0 alone evaluates and writes
+        run.close()
         return
     test = load_split(cfg["dataset"], "test", cfg["data_root"] or None)
     result, examples = evaluate(cfg, model, test, run.device)
@@ -154,6 +159,7 @@ def main():
           f"(copy-last {result['copy_last']['mse'][-1]:.1f}, blank {result['blank']['mse'][-1]:.1f})")
     print(f"wrote {out_dir}/sharp_model_v2_result.png, training_curves.png, metrics.json; "
           f"checkpoint {run.ckpt_path}")
+    run.close()
 
 
 if __name__ == "__main__":

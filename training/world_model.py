@@ -194,16 +194,21 @@ class VectorQuantizer(nn.Module):
         if dead.numel() == 0:
             return 0
         k = min(dead.numel(), flat.shape[0])
-        worst = min_dist.topk(k).indices
+        worst_dist, worst = min_dist.topk(k)
+        new = flat[worst]                                               # (k, D)
+        if _distributed():
+            # The worst-quantised vectors of the whole global batch, the same on every rank:
+            # each rank's k worst, gathered, then the k worst of those.
+            dists = [torch.empty_like(worst_dist) for _ in range(dist.get_world_size())]
+            vecs = [torch.empty_like(new) for _ in range(dist.get_world_size())]
+            dist.all_gather(dists, worst_dist.contiguous())
+            dist.all_gather(vecs, new.contiguous())
+            new = torch.cat(vecs)[torch.cat(dists).topk(k).indices]
         dead = dead[:k]
-        new = flat[worst]
         self.codebook[dead] = new
         self.ema_sum[dead] = new
         self.ema_count[dead] = 1.0
         self.usage[dead] = 1.0  # grace period before it can count as dead again
-        if _distributed():   # rank 0's restart wins, so all ranks keep one codebook
-            for buf in (self.codebook, self.ema_sum, self.ema_count, self.usage):
-                dist.broadcast(buf, 0)
         return int(k)
 
 
@@ -279,7 +284,7 @@ class ConvGRUCell(nn.Module):
 
 
 class Dynamics(nn.Module):
-    """The ConvGRU core shared by every dynamics unit: two stacked ConvGRUs over the
+    """The ConvGRU core shared by every dynamics unit: `layers` stacked ConvGRUs over the
     code-embedding grid.
 
     step(emb (B, D, h, w), hidden list, action (B, A) or None, planes (B, extra_in, h, w)
