@@ -252,7 +252,9 @@ def bench_ddp(args) -> dict:
             t0 = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise SystemExit(f"error: torchrun with {n} processes failed:\n{proc.stderr[-1500:]}")
+                said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
+                raise SystemExit(f"error: torchrun with {n} processes failed: "
+                                 + (said[0] if said else proc.stderr[-1500:]))
             hist = torch.load(Path(tmp) / "checkpoints" / f"ddp{n}" / "latest.pt", weights_only=True)["history"]
             rates = [h["samples_per_s"] for h in hist["dynamics"][1:]]
             rows.append({"processes": n, "threads_each": max(1, cores // n), "dyn_batch": 16,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.scripts import run
+from training.loop import StepBatches
 
 NAMES = "bouncing_balls,pendulum,wave_motion"
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
@@ -95,6 +96,13 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
 def test_clear_errors(data_root, tmp_path):
     proc = train(data_root, tmp_path, "x", "--datasets=pendulum,nosuch", check=False)
     assert proc.returncode != 0 and "unknown dataset nosuch" in proc.stderr
-    proc = train(data_root, tmp_path, "x", "--dyn_batch=3", launcher=(sys.executable, "-m", "torch.distributed.run",
-                 "--standalone", "--nproc_per_node=2", "--"), check=False)
-    assert proc.returncode != 0 and "divisible by the number of processes" in (proc.stderr + proc.stdout)
+    with pytest.raises(SystemExit, match="divisible by the number of processes"):
+        StepBatches(torch.ones(4), global_batch=3, steps=1, seed=0, rank=0, world=2)
+
+
+def test_step_batches_split_one_global_batch_and_resume_mid_run():
+    weights = torch.ones(10)
+    one = list(StepBatches(weights, 4, steps=3, seed=7))
+    halves = [list(StepBatches(weights, 4, steps=3, seed=7, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == one          # the two ranks' shares make the global batch
+    assert list(StepBatches(weights, 4, steps=3, seed=7, start=1)) == one[1:]   # a resume draws the same

@@ -228,6 +228,15 @@ def check_finite(value: float, what: str, phase: str, step: int, run: Run):
                          f"--dyn_lr) and rerun with --resume")
 
 
+def schedule(opt, lr: float, steps: int):
+    """One-cycle learning rate (5% warm-up) over `steps`; a constant rate for runs under 40
+    steps (tests, smoke runs), where the warm-up would round to zero steps (OneCycleLR
+    divides by zero at exactly 20)."""
+    if steps < 40:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+
+
 def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
              history: list, postfix, counter: list):
     """AdamW + one-cycle LR over `steps`, bf16 autocast, gradient clipping, NaN stop,
@@ -236,12 +245,12 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
     (loss, logs)."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4 if phase == "dynamics" else 0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(1, steps), pct_start=0.05)
+    sched = schedule(opt, lr, steps)
     start = 0
     if run.state is not None and run.state["phase"] == phase:
         # The schedule's settings come from this command line (a lower --dyn_lr after a NaN
         # stop must take effect), the moments and step counts from the checkpoint.
-        fresh = [{k: g[k] for k in ("initial_lr", "max_lr", "min_lr")} for g in opt.param_groups]
+        fresh = [{k: g[k] for k in ("initial_lr", "max_lr", "min_lr") if k in g} for g in opt.param_groups]
         opt.load_state_dict(run.state["optimizer"])
         for g, f in zip(opt.param_groups, fresh):
             g.update(f)
