@@ -238,7 +238,7 @@ def schedule(opt, lr: float, steps: int):
 
 
 def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
-             history: list, postfix, counter: list):
+             postfix, counter: list):
     """AdamW + one-cycle LR over `steps`, bf16 autocast, gradient clipping, NaN stop,
     atomic checkpoints every ckpt_every steps, resume from the checkpoint's step.
     loader_for(start) -> iterable of batches from step `start`; loss_fn(batch, step) ->
@@ -275,7 +275,7 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         logs["samples_per_s"] = n_items / (now - tick)   # global clips per second, data loading included
         tick = now
         if step % cfg["log_every"] == 0 or step == steps - 1:
-            history.append({"step": step, **logs})
+            run.history[phase].append({"step": step, **logs})
             bar.set_postfix(**postfix(logs))
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(run, cfg, model, opt, phase, step + 1, run.history)
@@ -345,7 +345,7 @@ def train_tokenizer(cfg, run, model, windows, counter):
         return tokenizer_loss(wrapped, x)
 
     optimise(cfg, run, model, "tokenizer", model.tokenizer.parameters(), cfg["tok_lr"], cfg["tok_steps"],
-             loader_for, loss_fn, run.history["tokenizer"],
+             loader_for, loss_fn,
              lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"),
              counter)
     save_state(run, cfg, model, None, "codes", 0, run.history)
@@ -467,7 +467,7 @@ def train_dynamics(cfg, run, model, windows, cached, counter):
                     mse_last=f"{future[-1]:.0f}", **extra)
 
     optimise(cfg, run, model, "dynamics", model.dynamics.parameters(), cfg["dyn_lr"], cfg["dyn_steps"],
-             loader_for, loss_fn, run.history["dynamics"], postfix, counter)
+             loader_for, loss_fn, postfix, counter)
     save_state(run, cfg, model, None, "done", cfg["dyn_steps"], run.history)
 
 
