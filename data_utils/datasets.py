@@ -36,6 +36,16 @@ def _check_name(name: str) -> None:
         raise DatasetError(f"unknown dataset '{name}'; valid: {', '.join(DATASET_NAMES)}")
 
 
+def parse_names(spec: str) -> list[str]:
+    """'all' or a comma-separated list of dataset names -> the names, checked."""
+    names = list(DATASET_NAMES) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in DATASET_NAMES]
+    if unknown or not names:
+        raise DatasetError(f"unknown dataset {', '.join(unknown) or '(none given)'}; use all or a "
+                           f"comma-separated list of {', '.join(DATASET_NAMES)}")
+    return names
+
+
 def _folder(name: str, root) -> Path:
     _check_name(name)
     root = Path(root) if root is not None else DEFAULT_OUT

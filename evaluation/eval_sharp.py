@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
+from evaluation.positions import READER, position_error, read_bodies  # noqa: E402
 from training.world_model import ModelConfig, SharpWorldModelV2  # noqa: E402
 
 CONFIG = dict(
@@ -114,14 +115,15 @@ class PositionError:
     body could not be found (blank prediction) are skipped, so the blank baseline has
     no value; the mean over found bodies is what is reported."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, reader: dict):
         self.sum = np.zeros(steps)
         self.count = np.zeros(steps)
+        self.reader = reader
 
     def update(self, pred: torch.Tensor, true_pos: np.ndarray):
         K = true_pos.shape[2]
-        est = M.object_positions(pred[:, :, 0], K)                      # (B, T, K, 2)
-        err = M.position_error(est, torch.from_numpy(true_pos)).cpu().numpy().astype(np.float64)
+        est = read_bodies(pred[:, :, 0].float().cpu(), K, **self.reader)   # (B, T, K, 2)
+        err = position_error(est, torch.from_numpy(true_pos)).numpy().astype(np.float64)
         ok = np.isfinite(err)
         self.sum += np.where(ok, err, 0).sum(0)
         self.count += ok.sum(0)
@@ -133,11 +135,13 @@ class PositionError:
 
 @torch.no_grad()
 def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_horizon: int = 0,
-             positions=None, batch_size: int = 32, example_ids=(), bf16: bool = True, progress: bool = True):
+             positions=None, batch_size: int = 32, example_ids=(), bf16: bool = True, progress: bool = True,
+             reader: dict | None = None):
     """The one rollout evaluation (this script, both training scripts): feed `context`
     true frames, roll out, score every predicted step against the truth beside the
     copy-last and blank baselines (evaluation/metrics.py), and the body-position error
-    where `positions` (N, T, K, 2) are given.
+    where `positions` (N, T, K, 2) are given (bodies read by evaluation/positions.py with
+    the keywords `reader`, e.g. READER[dataset]).
 
     frames uint8 (N, T, H, W) (a memmap is fine). Returns {'short': {name: {metric: per
     step}}, 'long': the same over `long_horizon` steps or None (run when long_horizon >
@@ -149,8 +153,9 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
     steps = max(hor, long_h)   # one rollout; the main horizon is its prefix (rollouts are deterministic)
     short = {k: M.StepMetrics() for k in NAMES}
     long = {k: M.StepMetrics() for k in NAMES} if long_h else None
-    pos_short = {k: PositionError(hor) for k in NAMES} if positions is not None else None
-    pos_long = {k: PositionError(long_h) for k in NAMES} if positions is not None and long_h else None
+    reader = reader or {}
+    pos_short = {k: PositionError(hor, reader) for k in NAMES} if positions is not None else None
+    pos_long = {k: PositionError(long_h, reader) for k in NAMES} if positions is not None and long_h else None
     examples = {"truth": [], "pred": []}
     model.eval()
     for start in range(0, n, batch_size):
@@ -393,7 +398,8 @@ def main():
     example_ids = sorted(rng.choice(n, size=min(cfg["examples"], n), replace=False).tolist())
 
     print(f"evaluating {ckpt_path} on {data_name} ({n} sequences, {ctx} context -> {hor} predicted)")
-    ev = evaluate(model, frames, device, ctx, hor, cfg["long_horizon"], positions, cfg["batch_size"], example_ids)
+    ev = evaluate(model, frames, device, ctx, hor, cfg["long_horizon"], positions, cfg["batch_size"], example_ids,
+                  reader=READER.get(Path(str(data_name)).parent.name if cfg["data"] else str(data_name), {}))
     results, long_results, long_h, ex = ev["short"], ev["long"], ev["long_horizon"], ev["examples"]
 
     print_table(results, f"per-step metrics, {ctx} -> {hor} (model | copy-last | blank)")

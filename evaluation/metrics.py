@@ -1,4 +1,4 @@
-"""Per-step video-prediction metrics, baselines and body positions read off frames.
+"""Per-step video-prediction metrics and baselines (body positions: evaluation/positions.py).
 
 Conventions (DESIGN.md, "Evaluation"): frames are float in [0, 1] with shape
 (B, T, 1, H, W); every metric is reported *per predicted step* (arrays of length T,
@@ -28,7 +28,6 @@ MPS; no float64 there) and only the per-step sums go to NumPy.
 """
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import torch
@@ -152,68 +151,3 @@ def baselines(context: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Ten
     last = context[:, -1:].float()
     return {"copy_last": last.expand_as(truth).contiguous(),
             "blank": torch.zeros_like(truth, dtype=torch.float32)}
-
-
-# ----------------------------------------------------------------------------------------
-# Body positions read off frames
-# ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def object_positions(frames: torch.Tensor, k: int = 1, radius: int = 6, floor: float = 0.1) -> torch.Tensor:
-    """Estimate the centres of the k brightest bodies in each frame.
-
-    frames (..., H, W) in [0, 1] (squeeze the channel dim first) ->
-    positions (..., k, 2) float32 as (x, y) in pixel coordinates, the top-left pixel's
-    centre at (0, 0) (the states' convention, DESIGN.md "Data format").
-
-    k = 1: the intensity-weighted centroid of the frame. k > 1: greedily, k times, take
-    the brightest spot (3x3-smoothed, so a blob's centre wins over a stray pixel), the
-    intensity-weighted centroid of the (2*radius+1)^2 window around it, then blank that
-    window. Intensities below `floor` are ignored (prediction haze). A body that cannot
-    be found (no intensity left) gives NaN.
-    """
-    x = frames.float()
-    H, W = x.shape[-2:]
-    lead = x.shape[:-2]
-    x = x.reshape(-1, H, W)
-    w = (x - floor).clamp_min(0)
-    ys = torch.arange(H, device=x.device, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(W, device=x.device, dtype=torch.float32)[None, None, :]
-    found = []
-    for _ in range(k):
-        if k == 1:
-            win = w
-        else:
-            smooth = F.avg_pool2d(w[:, None], 3, stride=1, padding=1)[:, 0]
-            peak = smooth.flatten(1).argmax(1)                              # (N,)
-            py = (peak // W).float()[:, None, None]
-            px = (peak % W).float()[:, None, None]
-            mask = ((ys - py).abs() <= radius) & ((xs - px).abs() <= radius)  # (N, H, W)
-            win = w * mask
-            w = w * (~mask)
-        mass = win.sum(dim=(1, 2))
-        cx = (win * xs).sum(dim=(1, 2)) / mass.clamp_min(1e-12)
-        cy = (win * ys).sum(dim=(1, 2)) / mass.clamp_min(1e-12)
-        pos = torch.stack([cx, cy], -1)
-        nan = torch.full_like(pos, float("nan"))
-        found.append(torch.where((mass > 1e-6)[:, None], pos, nan))
-    return torch.stack(found, 1).reshape(*lead, k, 2)
-
-
-def position_error(pred_pos: torch.Tensor, true_pos: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance (pixels) between estimated and true body centres.
-
-    pred_pos, true_pos (..., K, 2) -> (...,). Bodies found in frames carry no identity,
-    so for K > 1 the error is the minimum over matchings (all permutations; K is small).
-    NaN where a body was not found."""
-    pred_pos = pred_pos.float()
-    true_pos = true_pos.float().to(pred_pos.device)
-    if pred_pos.shape != true_pos.shape:
-        raise ValueError(f"position shapes differ: {tuple(pred_pos.shape)} vs {tuple(true_pos.shape)}")
-    K = pred_pos.shape[-2]
-    if K > 6:
-        raise ValueError(f"position_error matches bodies by trying all permutations; K={K} is too many")
-    best = None
-    for perm in itertools.permutations(range(K)):
-        d = (pred_pos[..., list(perm), :] - true_pos).norm(dim=-1).mean(-1)
-        best = d if best is None else torch.minimum(best, d)   # NaN propagates: body missing
-    return best

@@ -57,6 +57,14 @@ def test_writes_tables_and_pictures_per_dataset(single):
         assert len(d["model"]["mse"]) == 4 and {"copy_last", "blank"} <= set(d)
     assert "position_error" in per["datasets"]["pendulum"]["model"]      # a body scene
     assert "position_error" not in per["datasets"]["wave_motion"]["model"]
+    # evaluation/eval_physics.py ran at the end: laws, positions and probes per dataset
+    physics = json.loads((res / "physics" / "physics.json").read_text())["datasets"]
+    assert set(physics) == set(names)
+    assert set(physics["pendulum"]["laws"]) == {"rod", "eom"} and "position_error" in physics["pendulum"]
+    assert set(physics["wave_motion"]["laws"]) == {"wavelength", "speed"}
+    assert {"model", "untrained", "pixels"} <= set(physics["pendulum"]["probe"]["r2"]["pos"])
+    assert "## Laws" in (res / "physics" / "physics.md").read_text()
+    assert (res / "physics" / "laws_bouncing_balls.png").stat().st_size > 0
     ckpt = torch.load(single / "checkpoints" / "one" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["model_config"]["predict"] == "motion"
     # the sampler balances the datasets: every one has its codes cached

@@ -126,22 +126,6 @@ def test_baselines():
     assert b["blank"].abs().sum() == 0
 
 
-def test_object_positions_and_error():
-    frame = torch.zeros(2, 64, 64)
-    frame[:, 10:13, 20:23] = 1.0          # body centred at x=21, y=11
-    frame[1, 40:45, 50:55] = 0.8          # second frame: another at x=52, y=42
-    one = M.object_positions(frame[:1], k=1)
-    assert one.shape == (1, 1, 2)
-    np.testing.assert_allclose(one[0, 0].numpy(), [21.0, 11.0], atol=1e-4)
-    two = M.object_positions(frame[1:], k=2)
-    assert two.shape == (1, 2, 2)
-    true = torch.tensor([[[52.0, 42.0], [21.0, 11.0]]])                    # other order
-    assert M.position_error(two, true).item() == pytest.approx(0.0, abs=1e-4)
-    shifted = true + torch.tensor([3.0, 4.0])
-    assert M.position_error(two, shifted).item() == pytest.approx(5.0, abs=1e-4)
-    assert torch.isnan(M.object_positions(torch.zeros(1, 64, 64), k=1)).all()  # nothing to find
-
-
 # ----------------------------------------------------------------------------------------
 # scripts, end to end
 # ----------------------------------------------------------------------------------------

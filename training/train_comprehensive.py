@@ -22,6 +22,8 @@ Writes results/<run>/:
     physics_<dataset>_result.png, physics_<dataset>.gif   truth above prediction over
                                          long_horizon steps, on the clips of long_data_root
                                          (make them with --frames 40, see the README)
+    physics/physics.md, physics.json, laws_<dataset>.png   evaluation/eval_physics.py's
+                                         laws, body positions and state probes
     training_curves.png, config.json; checkpoint checkpoints/<run>/latest.pt
 """
 import sys
@@ -33,10 +35,11 @@ import utils  # noqa: E402  (first: CPU tuning before torch starts its thread po
 
 import numpy as np  # noqa: E402
 
-from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
+from data_utils.datasets import DatasetError, load_sequences, load_split, parse_names  # noqa: E402
 from data_utils.generate import DATASET_NAMES  # noqa: E402
-from evaluation import eval_sharp  # noqa: E402
+from evaluation import eval_physics, eval_sharp  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
+from evaluation.positions import READER  # noqa: E402
 from training.loop import Interrupted, Run, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
@@ -75,6 +78,8 @@ CONFIG = dict(
     eval_sequences=128,        # test clips per dataset for the table (0: train only, no evaluation)
     long_horizon=30,           # predicted frames in the pictures (needs context + this many frames)
     examples=3,                # clips shown per dataset
+    physics_sequences=128,     # test clips per dataset for evaluation/eval_physics.py's laws (0: skip)
+    probe_train=400,           # training clips per dataset its state probes are fitted on (0: no probes)
     log_every=25,
     ckpt_every=100,
     out_root="",               # '' = the repo
@@ -83,12 +88,10 @@ CONFIG = dict(
 
 
 def dataset_names(spec: str) -> list[str]:
-    names = list(DATASET_NAMES) if spec == "all" else [s for s in spec.split(",") if s]
-    unknown = [n for n in names if n not in DATASET_NAMES]
-    if unknown or not names:
-        raise SystemExit(f"error: unknown dataset {', '.join(unknown) or '(none)'}; --datasets takes all or "
-                         f"a comma-separated list of {', '.join(DATASET_NAMES)}")
-    return names
+    try:
+        return parse_names(spec)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}; --datasets takes the same") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def evaluate_all(cfg, model, names, device):
         positions = eval_sharp.load_positions(states, n, test.shape[1])
         ctx = cfg["context"]
         ev = eval_sharp.evaluate(model, test[:n], device, ctx, test.shape[1] - ctx, positions=positions,
-                                 bf16=cfg["bf16"], progress=False)
+                                 reader=READER.get(name, {}), bf16=cfg["bf16"], progress=False)
         out[name] = {"n_sequences": n, "results": ev["short"],
                      "means": {k: M.summarize(ev["short"][k]) for k in eval_sharp.NAMES}}
         m = out[name]["means"]
@@ -236,8 +239,18 @@ def main():
                                   for n, r in per.items()}}, out / "per_dataset.json")
     plot_mse(per, out / "mse_per_step.png")
     print("\n" + md)
+    if cfg["physics_sequences"] > 0:
+        t1 = time.time()
+        print(f"physics: laws, positions and probes (evaluation/eval_physics.py) on {len(names)} datasets")
+        pcfg = dict(eval_physics.CONFIG, data_root=cfg["data_root"], num_sequences=cfg["physics_sequences"],
+                    probe_train=cfg["probe_train"], context=cfg["context"], bf16=cfg["bf16"], seed=cfg["seed"],
+                    horizon=min(load_split(n, "test", cfg["data_root"] or None).shape[1] for n in names) - cfg["context"])
+        physics = eval_physics.evaluate_physics(model, names, pcfg, run.device)
+        eval_physics.write_outputs(physics, out / "physics", f"{cfg['run']}: laws, positions and probes",
+                                   {"config": pcfg, "checkpoint": str(run.ckpt_path)})
+        print(f"physics evaluation: {time.time() - t1:.0f} s")
     print(f"wrote {out}/per_dataset.md, per_dataset.json, mse_per_step.png, training_curves.png, "
-          f"physics_<dataset>_result.png and .gif; checkpoint {run.ckpt_path}")
+          f"physics_<dataset>_result.png and .gif, physics/; checkpoint {run.ckpt_path}")
     run.close()
 
 
