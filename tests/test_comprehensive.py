@@ -114,3 +114,20 @@ def test_step_batches_split_one_global_batch_and_resume_mid_run():
     halves = [list(StepBatches(weights, 4, steps=3, seed=7, rank=r, world=2)) for r in (0, 1)]
     assert [a + b for a, b in zip(*halves)] == one          # the two ranks' shares make the global batch
     assert list(StepBatches(weights, 4, steps=3, seed=7, start=1)) == one[1:]   # a resume draws the same
+
+
+def test_eval_physics_script_on_a_checkpoint(data_root, single, tmp_path):
+    """evaluation/eval_physics.py as a user runs it: one dataset of a comprehensive
+    checkpoint, its table, JSON and picture; an unknown dataset is a one-line error."""
+    ckpt = single / "checkpoints" / "one" / "latest.pt"
+    common = [f"--checkpoint={ckpt}", f"--data_root={data_root}", "--num_sequences=3", "--probe_train=4",
+              "--context=4", "--horizon=4", "--bf16=false"]
+    run(["evaluation/eval_physics.py", "--dataset=bouncing_balls", f"--out_dir={tmp_path}", *common])
+    table = (tmp_path / "physics.md").read_text()
+    assert "| bouncing_balls | free-fall g |" in table and "## Linear probes" in table
+    data = json.loads((tmp_path / "physics.json").read_text())["datasets"]["bouncing_balls"]
+    assert len(data["laws"]["g"]["model"]) == 4 and len(data["position_error"]["copy_last"]) == 4
+    assert (tmp_path / "laws_bouncing_balls.png").stat().st_size > 0
+    bad = run(["evaluation/eval_physics.py", "--dataset=pendulm", *common], check=False)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error: unknown dataset pendulm")
+    assert len(bad.stderr.strip().splitlines()) == 1
