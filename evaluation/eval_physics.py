@@ -279,15 +279,17 @@ def main():
             raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
     if cfg["context"] < 2:
         raise SystemExit("error: --context must be at least 2 (the laws need two frames before the first prediction)")
+    def names_of(spec):
+        try:
+            return parse_names(spec)
+        except DatasetError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    names = names_of("all" if cfg["all"] else cfg["dataset"]) if cfg["all"] or cfg["dataset"] else None
     device = utils.pick_device(cfg["device"])
     ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
     model, ckpt = load_model(ckpt_path, device)
     ckpt_config = ckpt.get("config") or {}
-    spec = "all" if cfg["all"] else cfg["dataset"] or ckpt_config.get("dataset") or ckpt_config.get("datasets", "")
-    try:
-        names = parse_names(spec)
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    names = names or names_of(ckpt_config.get("dataset") or ckpt_config.get("datasets", ""))
     run = ckpt_config.get("run") or ckpt_path.parent.name
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "physics"
     print(f"physics of {ckpt_path} on {len(names)} dataset(s), {cfg['context']} -> {cfg['horizon']}")

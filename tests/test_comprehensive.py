@@ -74,7 +74,7 @@ def test_writes_tables_and_pictures_per_dataset(single):
 def test_kill_and_resume_matches_uninterrupted_run(data_root, single, tmp_path):
     out = train(data_root, tmp_path, "killed", "--stop_after=6")   # in the dynamics phase
     assert "--resume" in out.stdout
-    train(data_root, tmp_path, "killed", "--resume")
+    train(data_root, tmp_path, "killed", "--resume", "--physics_sequences=0")
     a, b = weights(single, "one"), weights(tmp_path, "killed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -82,7 +82,7 @@ def test_kill_and_resume_matches_uninterrupted_run(data_root, single, tmp_path):
 
 def test_torchrun_two_processes_match_one(data_root, single, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--")
-    proc = train(data_root, tmp_path, "two", launcher=launcher)
+    proc = train(data_root, tmp_path, "two", "--physics_sequences=0", launcher=launcher)
     assert "weights identical on all 2 processes" in proc.stdout
     a, b = weights(single, "one"), weights(tmp_path, "two")
     for k in a:   # the same global batches, split in two: equal up to float summation order
@@ -94,7 +94,8 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
     """--init_tokenizer skips the tokenizer phase: candidates for the dynamics are
     compared on one tokenizer."""
     ckpt = single / "checkpoints" / "one" / "latest.pt"
-    train(data_root, tmp_path, "emb", "--predict=embedding", f"--init_tokenizer={ckpt}", "--dyn_steps=2")
+    train(data_root, tmp_path, "emb", "--predict=embedding", f"--init_tokenizer={ckpt}", "--dyn_steps=2",
+          "--physics_sequences=0")
     a, b = weights(single, "one"), weights(tmp_path, "emb")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("tokenizer."))
     hist = torch.load(tmp_path / "checkpoints" / "emb" / "latest.pt", weights_only=True)["history"]
