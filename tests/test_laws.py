@@ -55,6 +55,18 @@ def test_reader_follows_a_body_moved_a_known_distance():
     assert torch.isnan(read_bodies(torch.zeros(1, SIZE, SIZE), 2)).all()   # nothing to find
 
 
+def test_reader_marks_a_body_that_left_the_frame_as_not_found():
+    cv = Canvas(1, 2, SIZE)
+    inside = np.array([[[20.0, 20.0], [20.0, 20.0]]])
+    leaving = np.array([[[40.0, 40.0], [SIZE + 10.0, 40.0]]])         # gone by the second frame
+    cv.discs(inside, 4.0, 255)
+    cv.discs(leaving, 4.0, 255)
+    got = read_bodies(torch.from_numpy(cv.frames()[0]).float() / 255, 2)         # (2 frames, 2, 2)
+    assert torch.isfinite(got[0]).all()
+    ok = torch.isfinite(got[1, :, 0])
+    assert ok.sum() == 1 and torch.allclose(got[1][ok], torch.tensor([[20.0, 20.0]]), atol=0.05)
+
+
 def test_reader_splits_touching_discs_of_different_size():
     cv = Canvas(1, 1, SIZE)
     centres = np.array([[20.0, 30.0], [20.0 + 6.0 + 3.0, 30.0]])        # radii 6 and 3, touching
