@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 METRICS = ("mse", "mae", "psnr", "ssim", "sharpness", "sharpness_energy")

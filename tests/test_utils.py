@@ -77,6 +77,23 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         utils.load_checkpoint(tmp_path / "other.pt")
 
 
+class _Payload:
+    """Unpickling this would create a file: a checkpoint carrying code."""
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_pickle_payload_in_a_checkpoint_is_refused(tmp_path):
+    path, target = tmp_path / "evil.pt", tmp_path / "ran"
+    torch.save({"config": {}, "x": _Payload(target)}, path)     # plain torch.save pickles anything
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        utils.load_checkpoint(path)
+    assert not target.exists()                                   # weights_only=True: nothing ran
+
+
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "x.json"
     utils.save_json({"v": 1}, path)

@@ -36,7 +36,6 @@ import utils  # noqa: E402  (first: CPU tuning before torch starts its thread po
 import numpy as np  # noqa: E402
 
 from data_utils.datasets import DatasetError, load_sequences, load_split, parse_names  # noqa: E402
-from data_utils.generate import DATASET_NAMES  # noqa: E402
 from evaluation import eval_physics, eval_sharp  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from evaluation.positions import READER  # noqa: E402
