@@ -71,18 +71,15 @@ def _steady(count: np.ndarray) -> np.ndarray:
     return out
 
 
-def _per_frame(num: np.ndarray, den: np.ndarray, ok: np.ndarray, axis=(0,)) -> np.ndarray:
-    """Sum of num over valid entries / sum of den, per frame (the T axis stays)."""
+def _per_frame(num: np.ndarray, den: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Sum of num over the valid entries of every clip (and body) / the same sum of den, per
+    frame: (N, T, ...) arrays -> (T,); NaN where a frame has no valid entry."""
     ok = ok & np.isfinite(num) & np.isfinite(den)
-    n = np.where(ok, num, 0).sum(axis=axis)
-    d = np.where(ok, den, 0).sum(axis=axis)
+    axes = tuple(i for i in range(num.ndim) if i != 1)
+    n = np.where(ok, num, 0).sum(axis=axes)
+    d = np.where(ok, den, 0).sum(axis=axes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
-
-
-def _flat_frames(x: np.ndarray) -> np.ndarray:
-    """(N, T, ...) -> (T, N * prod(...)) so the per-frame sums run over one axis."""
-    return np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
 
 
 def free_fall(pos, states, constants, name):
@@ -140,7 +137,7 @@ def pendulum_laws(pos, states, constants, double: bool):
         law = _double_pendulum_alpha(mid, om, states["mass"].astype(np.float64), length, g)
         res, size = ((alpha - law) ** 2).sum(-1), (law ** 2).sum(-1)
     ok = np.isfinite(res)
-    eom = np.sqrt(_per_frame(res.T, size.T, ok.T, axis=1))
+    eom = np.sqrt(_per_frame(res, size, ok))
     return {"rod": np.nanmean(np.where(np.isfinite(rod), rod, np.nan), axis=0), "eom": eom}
 
 
@@ -171,7 +168,7 @@ def hooke(pos, states, constants):
     mid, _, acc = _diffs(pos[..., 1].astype(np.float64))                             # (N, T, 2)
     pull = -k_over_m[:, None] * (mid - y_eq[:, None])          # the law's a; fit a = s * pull
     ok = np.isfinite(acc) & np.isfinite(pull)
-    scale = _per_frame(_flat_frames(acc * pull), _flat_frames(pull * pull), _flat_frames(ok), axis=1)
+    scale = _per_frame(acc * pull, pull * pull, ok)
     return {"hooke": np.abs(scale - 1)}
 
 
@@ -189,7 +186,7 @@ def momentum(pos, states, constants):
     collided = np.zeros_like(walls)
     collided[:, 2:] = hits[:, 2:] > hits[:, :-2]
     ok = walls & collided
-    return {"momentum": _per_frame(dP.T, scale.T, ok.T, axis=1)}
+    return {"momentum": _per_frame(dP, scale, ok)}
 
 
 def orbital(pos, states, constants):
@@ -199,7 +196,7 @@ def orbital(pos, states, constants):
     true = np.full(ell.shape, np.nan)
     true[:, 2:] = states["angular_momentum"][:, 1:-1]
     ok = np.isfinite(ell)
-    ang = _per_frame(_flat_frames(np.abs(ell - true)), _flat_frames(np.abs(true)), _flat_frames(ok), axis=1)
+    ang = _per_frame(np.abs(ell - true), np.abs(true), ok)
     # central force: a . r_hat = -C r^n; fit n as the slope of log|a . r_hat| on log r
     r = np.linalg.norm(mid, axis=-1)
     radial = -(acc * mid).sum(-1) / np.where(r > 0, r, np.nan)
