@@ -1,6 +1,7 @@
 """training/layers.py and predict="layers": velocity fits, segmentation into moving
 objects, template tracking, the untrained constant-velocity rollout, and a tiny model
 that learns a wall bounce from tracked positions."""
+import pytest
 import torch
 
 from training.layers import composite, fit_velocity, observe_layers, shift, track
@@ -96,20 +97,9 @@ def test_layer_loss_teaches_a_wall_bounce():
     assert before[-1] == 9.0 and after[-1] < 0.3 * before[-1]   # mean over x and y: 18 px off in x
 
 
-def test_layer_rollout_feeds_actions_as_training_does():
-    """Frame t follows the action taken at frame t-1, in `imagine` as in the loss: the
-    first predicted frame gets the last context action."""
-    model = SharpWorldModelV2(**TINY, action_dim=1, reward_head=True).eval()
-    seen = []
-    step = model.dynamics.step
-
-    def recording_step(emb, hidden, action=None, planes=None):
-        seen.append(action[0, 0].item())
-        return step(emb, hidden, action, planes)
-    model.dynamics.step = recording_step
-    x = _two_squares(T=8)
-    actions = torch.arange(8, dtype=torch.float32).view(1, 8, 1)
-    with torch.no_grad():
-        out = model.imagine(model.observe(x[:, :5], actions[:, :5]), 3, actions[:, 5:])
-    assert out["rewards"].shape == (1, 3)
-    assert seen == [4.0, 5.0, 6.0]   # one call per step (all layers in one batch)
+def test_layers_is_an_action_free_model():
+    """The layers unit's state holds no rewards or positions an agent can read: a config
+    asking it for actions or a reward head is refused with the fix named."""
+    for extra in ({"action_dim": 1}, {"reward_head": True}):
+        with pytest.raises(ValueError, match="predict=motion"):
+            SharpWorldModelV2(**TINY, **extra)

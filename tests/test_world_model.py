@@ -156,7 +156,8 @@ def test_tiny_model_learns():
         losses.append(logs["loss"])
     assert min(losses[-5:]) < 0.7 * losses[0]  # the rest is the tiny tokenizer's own error
     # The motion head has found the true velocity (+2 px in x, 0 in y) on the square.
-    motion = 8 * torch.tanh(model.observe(frames[:, :3])["raw"][:, :, 5:7, 3:6] / 8)   # max_motion = 8
+    raw = model.dynamics.predict(model.observe(frames[:, :3])["feats"])
+    motion = 8 * torch.tanh(raw[:, :, 5:7, 3:6] / 8)   # max_motion = 8
     assert torch.allclose(motion[:, 0], torch.full_like(motion[:, 0], 2.0), atol=0.3)
     assert motion[:, 1].abs().max() < 0.3
 

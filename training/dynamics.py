@@ -13,8 +13,10 @@ ConvGRU core's output into the next latent (training/world_model.py picks one by
 Each unit has the same four methods, used by the model: observe(model, context, actions,
 codes) -> state; imagine(model, state, horizon, actions) -> {'frames', 'codes',
 ['rewards']}; latent(model, state) -> (B, F); loss(model, batch, context, forced) ->
-(loss, logs). Both units here share the unrolled loop of `FrameUnit` and differ only in
-`advance` (one step's prediction), `step_loss` and how a prediction is fed back.
+(loss, logs). The two units here also step one frame at a time for the agent
+(observe_next for a real frame, step for an imagined one). Both share the unrolled loop
+of `FrameUnit` and differ only in `advance` (one step's prediction), `step_loss` and how
+a prediction is fed back.
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ def reward_targets(model, batch):
 
 
 class FrameUnit:
-    """The shared part: the ConvGRU runs over every context frame (with its action), then
-    over its own predictions. State: {'hidden', 'feats', 'raw' (the head's output for the
-    next frame), 'codes', 'emb_in' (the embedding the core last read), 'anchor' (the last
-    observed frame), 'motion' (the displacement since it, or None), 'reward' (for the next
-    frame, or None)}."""
+    """The shared part: the ConvGRU runs over every context frame, then over its own
+    predictions. A state is that of one frame t, before its action: {'hidden' (the
+    ConvGRU states), 'feats' (B, hidden*layers, h, w), 'codes' (B, h, w) and 'emb_in' (the
+    frame's tokens and their embedding, what the core read), 'anchor' (the last observed
+    frame), 'motion' (the displacement since it, or None), 'reward' (B,) of frame t or
+    None}. One real frame updates it with `observe_next`, one imagined frame with `step`;
+    `observe` and `imagine` are loops over those."""
 
     extra_in = 0
 
@@ -55,41 +59,57 @@ class FrameUnit:
     def advance(self, model, state, raw, sample: bool):
         raise NotImplementedError
 
-    def observe(self, model, context, actions=None, codes=None):
-        B, Tc = context.shape[:2]
-        if codes is None:
-            codes = model.encode_clip(context)
-        hidden = model.dynamics.init_hidden(B, context.device, model.grid, model.grid)
-        for t in range(Tc):
-            a = actions[:, t] if actions is not None else None
-            raw, feats, hidden = model.dynamics.step(model.embed(codes[:, t]), hidden, a)
-        return {"hidden": hidden, "feats": feats, "raw": raw, "codes": codes[:, -1],
-                "emb_in": model.embed(codes[:, -1]),
-                "anchor": context[:, -1].float(), "motion": None,
+    @staticmethod
+    def _read(model, state, emb, codes, prev_action):
+        """The core reads frame t (its embedding) after the action that led to it."""
+        feats, hidden = model.dynamics.step(emb, state["hidden"], prev_action)
+        return {**state, "hidden": hidden, "feats": feats, "codes": codes, "emb_in": emb,
                 "reward": model.dynamics.predict_reward(feats)}
 
-    def imagine(self, model, state, horizon: int, actions=None):
+    def observe_next(self, model, state, frame, action=None, codes=None):
+        if codes is None:
+            codes = model.encode(frame)
+        if state is None:   # the first frame: no action has led to it
+            B = frame.shape[0]
+            state = {"hidden": model.dynamics.init_hidden(B, frame.device, model.grid, model.grid)}
+            action = None
+        state = self._read(model, state, model.embed(codes), codes, action)
+        state["anchor"], state["motion"] = frame.float(), None
+        return state
+
+    def observe(self, model, context, actions=None, codes=None):
+        if codes is None:
+            codes = model.encode_clip(context)
+        state = None
+        for t in range(context.shape[1]):
+            a = actions[:, t - 1] if actions is not None and t > 0 else None
+            state = self.observe_next(model, state, context[:, t], a, codes[:, t])
+        return state
+
+    def step(self, model, state, action=None):
+        raw = model.dynamics.predict(state["feats"], action)
         state = dict(state)
-        frames, codes, rewards = [], [], []
+        _, emb, codes = self.advance(model, state, raw, sample=True)
+        return self._read(model, state, emb, codes, action)
+
+    def imagine(self, model, state, horizon: int, actions=None):
+        codes, rewards = [], []
         for t in range(horizon):
-            _, emb, c = self.advance(model, state, state["raw"], sample=True)
-            frames.append(model.decode(c))
-            codes.append(c)
+            state = self.step(model, state, actions[:, t] if actions is not None else None)
+            codes.append(state["codes"])
             if state["reward"] is not None:
                 rewards.append(state["reward"])
-            state["codes"], state["emb_in"] = c, emb
-            if t + 1 < horizon:
-                a = actions[:, t] if actions is not None else None
-                state["raw"], state["feats"], state["hidden"] = model.dynamics.step(emb, state["hidden"], a)
-                state["reward"] = model.dynamics.predict_reward(state["feats"])
-        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
+        codes = torch.stack(codes, 1)
+        B, N = codes.shape[:2]
+        result = {"frames": model.decode(codes.flatten(0, 1)).view(B, N, *state["anchor"].shape[1:]),
+                  "codes": codes}
         if rewards:
             result["rewards"] = torch.stack(rewards, 1)
         return result
 
     def latent(self, model, state):
-        """(B, hidden*layers*16): the last ConvGRU features on a 4 x 4 grid of regions, so
-        an actor can tell where things are without reading the 16 x 16 grid."""
+        """(B, hidden*layers*16): the frame's ConvGRU features on a 4 x 4 grid of regions,
+        so an actor can tell where things are without reading the 16 x 16 grid."""
         return F.adaptive_avg_pool2d(state["feats"].float(), LATENT_POOL).flatten(1)
 
     def loss(self, model, batch, context: int, forced=None):
@@ -108,13 +128,13 @@ class FrameUnit:
         emb = model.embed(codes[:, 0])
         total, step_mse = 0.0, []
         for t in range(T - 1):
-            a = actions[:, t] if actions is not None else None
             state["emb_in"] = emb
-            raw, feats, state["hidden"] = dyn.step(emb, state["hidden"], a)
+            feats, state["hidden"] = dyn.step(emb, state["hidden"], actions[:, t - 1] if actions is not None and t else None)
+            raw = dyn.predict(feats, actions[:, t] if actions is not None else None)
             target = frames[:, t + 1]
             pred, fed, _ = self.advance(model, state, raw, sample=False)
             loss_t = self.step_loss(model, state, raw, pred, target, codes[:, t + 1])
-            if rewards is not None:   # the reward of frame t and action t
+            if rewards is not None:   # the reward of frame t (as the core saw it)
                 loss_t = loss_t + F.mse_loss(dyn.predict_reward(feats), rewards[:, t])
             total = total + loss_t
             step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from training import motion
-from training.dynamics import reward_targets
 
 SEARCH_PX = 6        # template search radius per frame (Moving MNIST moves <= 5 px/frame)
 INK = 0.05           # pixels brighter than this belong to an object
@@ -249,10 +248,10 @@ class RigidLayers:
     and the velocity carried to the next (two outputs, because a bounce folds the
     overshoot back: the displacement on the bounce frame is neither the old nor the new
     velocity). The ConvGRU does not run over the context: the velocity comes from
-    tracking the layers, so of the context actions only the last is used (it leads to
-    the first predicted frame). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
+    tracking the layers. An action-free video model (ModelConfig refuses actions and a
+    reward head for it). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
     'offset' (B, K, 2), 'moved' (B, K, H, W), 'velocity' (B, K, 2), 'centre' (B, K, 2),
-    'codes', 'action', 'feats' (the last step's ConvGRU features, None before the first)}."""
+    'codes', 'feats' (the last step's ConvGRU features, None before the first)}."""
 
     extra_in = 5   # coverage, velocity (2), centre (2)
 
@@ -278,11 +277,10 @@ class RigidLayers:
         return {"hidden": model.dynamics.init_hidden(B * K, L.device, model.grid, model.grid),
                 "layers": L.float(), "offset": L.new_zeros(B, K, 2, dtype=torch.float32),
                 "moved": L.float(), "velocity": velocity.float(), "centre": centre, "codes": last,
-                "action": actions[:, -1] if actions is not None else None, "feats": None}
+                "feats": None}
 
-    def step(self, model, state, action=None):
-        """Move every layer one frame from the current tokens; updates the state in place.
-        Returns the predicted reward (B,) or None."""
+    def move_layers(self, model, state):
+        """Move every layer one frame from the current tokens; updates the state in place."""
         m = self.config.max_motion
         L, off, vel = state["layers"], state["offset"], state["velocity"]
         B, K, H, _ = L.shape
@@ -291,8 +289,8 @@ class RigidLayers:
         mask = F.adaptive_avg_pool2d(covered, model.grid)                          # (B*K, 1, h, w)
         v, centre = vel.flatten(0, 1), (state["centre"] + off).flatten(0, 1)       # (B*K, 2)
         planes = torch.cat([v / m, 2 * centre / H - 1], 1)[:, :, None, None].expand(-1, -1, *mask.shape[2:])
-        a = action.repeat_interleave(K, 0) if action is not None else None
-        raw, feats, state["hidden"] = model.dynamics.step(emb, state["hidden"], a, torch.cat([mask, planes], 1))
+        feats, state["hidden"] = model.dynamics.step(emb, state["hidden"], None, torch.cat([mask, planes], 1))
+        raw = model.dynamics.predict(feats)
         # Averaged over the layer's cells; bounded by 2 max_motion because reversing a
         # velocity changes it by twice its size.
         corr = 2 * m * torch.tanh(raw / (2 * m))
@@ -301,27 +299,17 @@ class RigidLayers:
         state["moved"] = move(L, state["offset"])
         state["velocity"] = (v + corr[:, 2:]).view(B, K, 2)
         state["feats"] = feats
-        reward = model.dynamics.predict_reward(feats)
-        return None if reward is None else reward.view(B, K).sum(1)
 
     def imagine(self, model, state, horizon: int, actions=None):
         state = dict(state)
-        frames, codes, rewards = [], [], []
+        frames, codes = [], []
         for t in range(horizon):
-            # frame t+1 of the prediction follows the action taken at the frame before it,
-            # as in training (`loss`: actions[:, t - 1] leads to frame t)
-            a = state["action"] if t == 0 else (actions[:, t - 1] if actions is not None else None)
-            reward = self.step(model, state, a)
+            self.move_layers(model, state)
             c = model.encode(state["moved"].amax(1, keepdim=True).clamp(0, 1))
             frames.append(model.decode(c))
             codes.append(c)
-            if reward is not None:
-                rewards.append(reward)
             state["codes"] = c
-        result = {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
-        if rewards:
-            result["rewards"] = torch.stack(rewards, 1)
-        return result
+        return {"frames": torch.stack(frames, 1), "codes": torch.stack(codes, 1)}
 
     def latent(self, model, state):
         """(B, K*4): each layer's offset and velocity. Before the first step there are no
@@ -337,23 +325,19 @@ class RigidLayers:
         the layers found (match score > 0.5). Always free-running (`forced` is ignored).
 
         batch: 'frames' (B, T, 1, H, W), 'codes' (B, T, h, w), the cached cut (`cut`) 'L'
-        (B, K, H, W), 'velocity' (B, K, 2), 'positions' (B, K, T, 2), 'score' (B, K, T),
-        optional 'actions', 'rewards'. Returns (loss, logs) with logs['rollout_mse'] the
-        per-step pixel error of the overlay (before re-tokenising) and logs['track_px']
+        (B, K, H, W), 'velocity' (B, K, 2), 'positions' (B, K, T, 2), 'score' (B, K, T).
+        Returns (loss, logs) with logs['rollout_mse'] the per-step pixel error of the overlay (before re-tokenising) and logs['track_px']
         the mean position error per step in pixels."""
         frames, codes = batch["frames"], batch["codes"]
-        actions, rewards = batch.get("actions"), reward_targets(model, batch)
         L, positions, score = batch["L"], batch["positions"], batch["score"]
         T = frames.shape[1]
         state = self.observe(model, frames[:, :context], None, codes[:, :context], L, batch["velocity"])
         present = (L.flatten(2).amax(-1) > INK).float()                             # (B, K)
         total, step_mse, track_px = 0.0, [], []
         for t in range(context, T):
-            reward = self.step(model, state, actions[:, t - 1] if actions is not None else None)
+            self.move_layers(model, state)
             w = present * (score[:, :, t] > 0.5).float()                             # (B, K)
             loss_t, px = weighted_smooth_l1(state["offset"] - positions[:, :, t].float(), w[..., None])
-            if rewards is not None:
-                loss_t = loss_t + F.mse_loss(reward, rewards[:, t - 1])
             total = total + loss_t
             track_px.append(px)
             with torch.no_grad():

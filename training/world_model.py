@@ -60,9 +60,9 @@ class ModelConfig:
     num_codes: int = 512        # codebook size
     hidden: int = 64            # ConvGRU channels
     layers: int = 2             # stacked ConvGRU cells
-    action_dim: int = 0         # > 0: an action (B, A) enters the core at every step
+    action_dim: int = 0         # > 0: the action of every frame leads to the next (Dynamics)
     predict: str = "motion"     # motion | embedding | layers (see the module docstring)
-    reward_head: bool = False   # predict the reward of each step (the agent's)
+    reward_head: bool = False   # predict the reward of each frame (the agent's)
     image_size: int = 64        # frames are image_size x image_size
     max_motion: float = 8.0     # bound of one step's displacement, px/frame
     objects: int = 2            # predict=layers: rigid layers cut from the last context frame
@@ -70,6 +70,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.predict not in UNITS:
             raise ValueError(f"predict must be one of {', '.join(PREDICT_MODES)}, got '{self.predict}'")
+        if self.predict == "layers" and (self.action_dim or self.reward_head):
+            raise ValueError("predict=layers is an action-free video model (its state holds no rewards or "
+                             "positions an agent can read); use predict=motion with action_dim / reward_head")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
 
@@ -285,14 +288,19 @@ class ConvGRUCell(nn.Module):
 
 class Dynamics(nn.Module):
     """The ConvGRU core shared by every dynamics unit: `layers` stacked ConvGRUs over the
-    code-embedding grid.
+    code-embedding grid, an output head and a reward head.
 
-    step(emb (B, D, h, w), hidden list, action (B, A) or None, planes (B, extra_in, h, w)
-    or None) -> (raw (B, out_ch, h, w) float32 head output, feats (B, hidden*layers, h, w),
-    new hidden list). Coordinate channels are appended to the input so that cells know
-    where the walls are (bounces happen at fixed image positions); the action, when the
-    model takes one, is broadcast over the grid at every step. The head's last layer
-    starts at zero, so an untrained unit predicts "no change" (constant velocity)."""
+    Split as in Dreamer's recurrent state-space model (Hafner et al. 2019, eq. 1), so that
+    an actor can read the state of frame t before it picks the action of frame t:
+        step(emb_t (B, D, h, w), hidden, prev_action a_{t-1} (B, A) or None, planes)
+            -> (feats_t (B, hidden*layers, h, w), new hidden)    the state of frame t
+        predict(feats_t, action a_t) -> raw (B, out_ch, h, w)    what leads to frame t+1
+        predict_reward(feats_t) -> (B,)                          the reward of frame t
+    The action taken at frame t thus enters the head that predicts frame t+1 and, as the
+    previous action, the core at frame t+1 (zeros before the first action). Coordinate
+    channels are appended to the core's input so that cells know where the walls are
+    (bounces happen at fixed image positions); actions are broadcast over the grid. The
+    head's last layer starts at zero, so an untrained unit predicts "no change"."""
 
     def __init__(self, code_dim: int, hidden: int, layers: int, action_dim: int, extra_in: int,
                  out_ch: int, reward_head: bool, grid: int):
@@ -302,7 +310,7 @@ class Dynamics(nn.Module):
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
         self.stem = nn.Conv2d(code_dim + 2 + action_dim + extra_in, hidden, 3, padding=1)
         self.cells = nn.ModuleList(ConvGRUCell(hidden, hidden) for _ in range(layers))
-        self.head = nn.Sequential(nn.Conv2d(hidden * layers, hidden, 3, padding=1), nn.SiLU(),
+        self.head = nn.Sequential(nn.Conv2d(hidden * layers + action_dim, hidden, 3, padding=1), nn.SiLU(),
                                   nn.Conv2d(hidden, out_ch, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -313,13 +321,18 @@ class Dynamics(nn.Module):
         """One (B, hidden, h, w) float32 state per ConvGRU cell."""
         return [torch.zeros(batch, self.hidden, h, w, device=device) for _ in self.cells]
 
-    def step(self, emb, hidden, action=None, planes=None):
-        B, _, h, w = emb.shape
+    def _action_planes(self, action, like):
+        """(B, A) -> (B, A, h, w) in like's dtype; None -> zeros (no action taken yet)."""
+        B, _, h, w = like.shape
+        if action is None:
+            return like.new_zeros(B, self.action_dim, h, w)
+        return action[:, :, None, None].to(like.dtype).expand(-1, -1, h, w)
+
+    def step(self, emb, hidden, prev_action=None, planes=None):
+        B = emb.shape[0]
         parts = [emb, self.coords.expand(B, -1, -1, -1).to(emb.dtype)]
         if self.action_dim:
-            if action is None:
-                raise ValueError("this dynamics model was built with action_dim > 0: pass an action")
-            parts.append(action[:, :, None, None].to(emb.dtype).expand(-1, -1, h, w))
+            parts.append(self._action_planes(prev_action, emb))
         if planes is not None:
             parts.append(planes.to(emb.dtype))
         x = F.silu(self.stem(torch.cat(parts, 1)))
@@ -328,12 +341,19 @@ class Dynamics(nn.Module):
             hid = cell(x, hid)
             new_hidden.append(hid)
             x = hid.to(x.dtype)
-        feats = torch.cat(new_hidden, 1)
-        raw = self.head(feats.to(emb.dtype)).float()
-        return raw, feats, new_hidden
+        return torch.cat(new_hidden, 1), new_hidden
+
+    def predict(self, feats, action=None):
+        x = feats.float()
+        if self.action_dim:
+            if action is None:
+                raise ValueError("this dynamics model was built with action_dim > 0: pass the action that leads "
+                                 "to the next frame")
+            x = torch.cat([x, self._action_planes(action, x)], 1)
+        return self.head(x).float()
 
     def predict_reward(self, feats):
-        """(B, hidden*layers, h, w) -> (B,) reward, or None without a reward head."""
+        """(B, hidden*layers, h, w) -> (B,) reward of the frame, or None without a reward head."""
         return None if self.reward is None else self.reward(feats.float().mean((2, 3))).squeeze(1)
 
 
@@ -346,9 +366,15 @@ class SharpWorldModelV2(nn.Module):
         state = model.observe(context, actions)           # context (B,Tc,1,64,64)
         out = model.imagine(state, horizon, actions)      # out['frames'] (B,N,1,64,64)
         pred = model.rollout(context, horizon, actions)   # observe + imagine, frames only
-    Actions: the action taken at frame k leads to frame k+1. `rollout` takes actions for
-    context and horizon, (B, Tc + horizon, A); `imagine` the actions of the predicted
-    frames, (B, horizon, A) (the last one leads past the horizon and is unused).
+        state = model.step(state, action)                 # one imagined frame (agent)
+        state = model.observe_next(state, frame, action)  # one real frame (agent)
+    Actions: the action taken at frame k leads to frame k+1, (B, A) each. `observe` takes
+    the actions of the context frames, (B, >= Tc - 1, A) (the one of the last context frame
+    is not used there: it leads to the first predicted frame); `imagine` the actions of
+    the frames it starts from, (B, horizon, A): actions[:, 0] is taken at the last observed
+    frame. `rollout` takes them for context and horizon together, (B, Tc + horizon, A).
+    A state is that of one frame, before its action: `latent(state)` is what an actor
+    reads to pick that action, state['reward'] the predicted reward of that frame.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
@@ -404,12 +430,22 @@ class SharpWorldModelV2(nn.Module):
         """The compact model state an actor and critic read: (B, F) float32."""
         return self.unit.latent(self, state)
 
+    def step(self, state, action=None):
+        """One imagined frame: the state of the frame that `action` (B, A) leads to, with
+        its codes in state['codes'] (motion and embedding units)."""
+        return self.unit.step(self, state, action)
+
+    def observe_next(self, state, frame, action=None, codes=None):
+        """One real frame (B, 1, H, W) that `action` led to: the state of that frame,
+        anchored on it (motion and embedding units)."""
+        return self.unit.observe_next(self, state, frame, action, codes)
+
     @torch.no_grad()
     def rollout(self, context, horizon: int, actions=None):
         """context (B, Tc, 1, H, W) -> predicted frames (B, horizon, 1, H, W) in [0,1]."""
         Tc = context.shape[1]
         obs_a = actions[:, :Tc] if actions is not None else None
-        fut_a = actions[:, Tc:] if actions is not None else None
+        fut_a = actions[:, Tc - 1:] if actions is not None else None
         return self.imagine(self.observe(context, obs_a), horizon, fut_a)["frames"]
 
     def forward(self, batch: dict, context: int, forced=None):
