@@ -3,6 +3,11 @@
     python evaluation/eval_sharp.py                                   # checkpoints/sharp_v2/latest.pt
     python evaluation/eval_sharp.py --checkpoint=checkpoints/RUN/latest.pt --dataset=pendulum
     python evaluation/eval_sharp.py --data=path/to/test.npy --num_sequences=64 --device=cpu
+    python evaluation/eval_sharp.py --checkpoint=checkpoints/rl/latest.pt --data=results/rl/test_episodes.npy
+
+An action-conditioned model (the agent's, training/world_model_rl.py) is evaluated on
+recorded episodes: `--data=X.npy` with the actions taken at each frame in X_actions.npy
+(N, T, A) beside it, fed to the model at every step.
 
 Feeds `context` ground-truth frames, rolls the model out for `horizon` frames (and for
 `long_horizon` frames when the sequences are long enough), and scores every predicted
@@ -64,14 +69,33 @@ def load_model(path: Path, device: torch.device):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}); "
                          f"was it written by an older version? retrain it") from None
-    if model.config.action_dim:
-        raise SystemExit(f"error: {path} is an action-conditioned model (action_dim="
-                         f"{model.config.action_dim}); eval_sharp evaluates action-free video models")
     return model.to(device).eval(), ckpt
 
 
+def load_actions(frames_path: Path, frames, action_dim: int, ckpt_path: Path):
+    """The actions beside recorded episodes, <stem>_actions.npy float (N, T, A), or None
+    for an action-free model. An action-conditioned model needs them."""
+    if not action_dim:
+        return None
+    path = frames_path.with_name(f"{frames_path.stem}_actions.npy")
+    if not path.is_file():
+        raise SystemExit(f"error: {ckpt_path} is action-conditioned (action_dim={action_dim}): evaluate it on "
+                         f"recorded episodes with their actions, --data=EPISODES.npy with EPISODES_actions.npy "
+                         f"beside it (training/world_model_rl.py writes results/<run>/test_episodes.npy)")
+    try:
+        actions = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {path} is not a readable .npy ({type(exc).__name__}); pass the actions "
+                         f"file written with the episodes") from None
+    want = (*frames.shape[:2], action_dim)
+    if actions.shape != want:
+        raise SystemExit(f"error: {path} has shape {actions.shape}, but the episodes and the model need {want} "
+                         f"(N, T, action_dim); pass the actions recorded with these episodes")
+    return actions
+
+
 def load_frames(cfg: dict, ckpt_config: dict):
-    """-> (frames uint8 (N, T, H, W), description, path of the states .npz beside them)."""
+    """-> (frames uint8 (N, T, H, W), description, the file they came from)."""
     try:
         if cfg["data"]:
             frames = load_sequences(cfg["data"])
@@ -84,9 +108,8 @@ def load_frames(cfg: dict, ckpt_config: dict):
     except (DatasetError, FileNotFoundError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise SystemExit(f"error: {msg}") from None
-    # <split>.npy sits beside <split>_states.npz (DESIGN.md "Data format"); the memmap knows its file.
-    source = Path(getattr(frames, "filename", None) or cfg["data"] or ".")
-    return frames, str(name), source.with_name(f"{source.stem}_states.npz")
+    # the memmap knows its file; <split>.npy sits beside <split>_states.npz (DESIGN.md "Data format")
+    return frames, str(name), Path(getattr(frames, "filename", None) or cfg["data"] or ".")
 
 
 def load_positions(states_path: Path, n: int, T: int):
@@ -136,12 +159,13 @@ class PositionError:
 @torch.no_grad()
 def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_horizon: int = 0,
              positions=None, batch_size: int = 32, example_ids=(), bf16: bool = True, progress: bool = True,
-             reader: dict | None = None):
+             reader: dict | None = None, actions=None):
     """The one rollout evaluation (this script, both training scripts): feed `context`
     true frames, roll out, score every predicted step against the truth beside the
     copy-last and blank baselines (evaluation/metrics.py), and the body-position error
     where `positions` (N, T, K, 2) are given (bodies read by evaluation/positions.py with
-    the keywords `reader`, e.g. READER[dataset]).
+    the keywords `reader`, e.g. READER[dataset]). An action-conditioned model gets the
+    recorded `actions` (N, T, A) of every frame.
 
     frames uint8 (N, T, H, W) (a memmap is fine). Returns {'short': {name: {metric: per
     step}}, 'long': the same over `long_horizon` steps or None (run when long_horizon >
@@ -163,8 +187,11 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
         x = torch.from_numpy(np.array(frames[idx[0]:idx[-1] + 1, :ctx + steps]))  # copy: memmaps are read-only
         x = x.to(device).float().div_(255.0).unsqueeze(2)          # (B, ctx+steps, 1, H, W)
         context_frames, truth = x[:, :ctx], x[:, ctx:]
+        acts = None
+        if actions is not None:
+            acts = torch.from_numpy(np.array(actions[idx[0]:idx[-1] + 1, :ctx + steps], dtype=np.float32)).to(device)
         with utils.autocast(device, bf16):
-            pred = model.rollout(context_frames, steps)
+            pred = model.rollout(context_frames, steps, acts)
         pred = pred.float().clamp(0, 1)
         preds = {"model": pred, **M.baselines(context_frames, truth)}
         for name, p in preds.items():
@@ -378,7 +405,8 @@ def main():
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "eval"
     json_path = Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "metrics.json"
 
-    frames, data_name, states_path = load_frames(cfg, ckpt_config)
+    frames, data_name, source = load_frames(cfg, ckpt_config)
+    states_path = source.with_name(f"{source.stem}_states.npz")
     n_all, T, H, W = frames.shape
     size = model.config.image_size
     if (H, W) != (size, size):
@@ -389,6 +417,7 @@ def main():
         raise SystemExit(f"error: {data_name} has sequences of {T} frames, fewer than context + horizon = "
                          f"{ctx + hor}; lower --context/--horizon or regenerate with --frames {ctx + hor}")
     n = min(cfg["num_sequences"], n_all)
+    actions = load_actions(source, frames, model.config.action_dim, ckpt_path)
     frames = frames[:n]
     positions = load_positions(states_path, n, T)
     if cfg["long_horizon"] > hor and T < ctx + cfg["long_horizon"]:
@@ -399,7 +428,7 @@ def main():
 
     print(f"evaluating {ckpt_path} on {data_name} ({n} sequences, {ctx} context -> {hor} predicted)")
     ev = evaluate(model, frames, device, ctx, hor, cfg["long_horizon"], positions, cfg["batch_size"], example_ids,
-                  reader=READER.get(Path(str(data_name)).parent.name if cfg["data"] else str(data_name), {}))
+                  actions=actions, reader=READER.get(Path(str(data_name)).parent.name if cfg["data"] else str(data_name), {}))
     results, long_results, long_h, ex = ev["short"], ev["long"], ev["long_horizon"], ev["examples"]
 
     print_table(results, f"per-step metrics, {ctx} -> {hor} (model | copy-last | blank)")

@@ -1,0 +1,107 @@
+"""training/world_model_rl.py end to end as a subprocess with tiny settings: outputs, a
+killed run resumed to the same final state, --eval_only on the saved agent, eval_sharp.py
+on the action-conditioned model, and clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.scripts import run
+
+TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
+        "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
+        "--tok_steps=4", "--tok_batch=8", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
+        "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2"]
+
+
+def rl(out_root, name, *extra, check=True):
+    return run(["training/world_model_rl.py", f"--run={name}", f"--out_root={out_root}", *TINY, *extra],
+               check=check)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    rl(root, "full")
+    return root
+
+
+def test_loop_writes_its_outputs(full):
+    res = full / "results" / "full"
+    for name in ("rl_training.png", "rl_trajectory.png", "imagined_vs_real.gif", "eval.json", "config.json",
+                 "test_episodes.npy", "test_episodes_actions.npy", "test_episodes_states.npz"):
+        assert (res / name).stat().st_size > 0, name
+    ev = json.loads((res / "eval.json").read_text())
+    assert set(ev["policies"]) == {"agent", "random", "reference"}
+    assert ev["policies"]["reference"]["normalised_score"] == pytest.approx(1.0)
+    assert ev["policies"]["random"]["normalised_score"] == pytest.approx(0.0)
+    assert np.isfinite(ev["policies"]["agent"]["imagined_return"])
+    ckpt = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
+    assert ckpt["iteration"] == 3 and ckpt["replay_chunks"] == 4 and len(ckpt["history"]) == 3
+    last = ckpt["history"][-1]
+    for key in ("dyn", "pol", "val", "ent", "imag_reward", "real_reward", "rew_filter", "rew_open"):
+        assert np.isfinite(last[key]), key
+    assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
+    assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
+
+
+def test_killed_run_resumes_to_the_same_state(full, tmp_path):
+    out = rl(tmp_path, "killed", "--stop_after=1")
+    assert "--resume" in out.stdout
+    partial = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)
+    assert partial["iteration"] == 1
+    # a replay file written after the last checkpoint (a kill mid-iteration) is rewritten
+    shutil.copy(tmp_path / "checkpoints" / "killed" / "replay_0.npz", tmp_path / "checkpoints" / "killed" / "replay_2.npz")
+    rl(tmp_path, "killed", "--resume")
+    a = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)
+    for part in ("model",):
+        for k in a[part]:
+            assert torch.allclose(a[part][k].float(), b[part][k].float(), atol=1e-6), k
+    for k in a["agent"]["model"]:
+        assert torch.allclose(a["agent"]["model"][k].float(), b["agent"]["model"][k].float(), atol=1e-6), k
+    assert [h["real_return"] for h in a["history"]] == pytest.approx([h["real_return"] for h in b["history"]])
+
+
+def test_eval_only_on_a_saved_agent(full, tmp_path):
+    out = tmp_path / "ev.json"
+    proc = run(["training/world_model_rl.py", "--eval_only", f"--checkpoint={full / 'checkpoints/full/latest.pt'}",
+                "--seeds=1000010-1000012", f"--json_path={out}"])
+    assert "agent" in proc.stdout and "reference" in proc.stdout
+    ev = json.loads(out.read_text())
+    assert ev["seeds"] == [1000010, 1000012] and ev["policies"]["agent"]["episodes"] == 3
+    for row in ev["policies"].values():
+        assert {"mean_return", "mean_final_distance", "success_rate", "normalised_score"} <= set(row)
+
+
+def test_eval_sharp_evaluates_the_action_conditioned_model(full, tmp_path):
+    ckpt = full / "checkpoints" / "full" / "latest.pt"
+    episodes = full / "results" / "full" / "test_episodes.npy"
+    run(["evaluation/eval_sharp.py", f"--checkpoint={ckpt}", f"--data={episodes}", "--context=2", "--horizon=4",
+         "--long_horizon=0", "--num_sequences=2", "--batch_size=2", f"--out_dir={tmp_path / 'eval'}"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert len(metrics["model"]["mse"]) == 4 and "copy_last" in metrics
+    # without the actions beside the episodes: one line naming the fix
+    lone = tmp_path / "lone.npy"
+    shutil.copy(episodes, lone)
+    proc = run(["evaluation/eval_sharp.py", f"--checkpoint={ckpt}", f"--data={lone}", "--context=2", "--horizon=4",
+                f"--out_dir={tmp_path / 'eval2'}"], check=False)
+    assert proc.returncode != 0 and "_actions.npy" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_clear_errors_in_process(tmp_path, monkeypatch):
+    import sys
+
+    from training import world_model_rl
+    cases = [(["--eval_only"], "needs --checkpoint"),
+             (["--eval_only", f"--checkpoint={tmp_path / 'none.pt'}"], "not found"),
+             (["--resume"], "drop --resume"),
+             (["--horizn=3"], "did you mean --horizon"),
+             (["--context=8", "--wm_window=6"], "--context < --wm_window")]
+    for args, message in cases:
+        monkeypatch.setattr(sys, "argv", ["world_model_rl.py", f"--out_root={tmp_path}", *args])
+        with pytest.raises(SystemExit, match=message):
+            world_model_rl.main()
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").rglob("*.pt"))

@@ -1,0 +1,593 @@
+"""Dreamer-style agent: learn PushBall's physics from pixels, then learn to act purely in
+the world model's imagination, and be judged in the real environment.
+
+    python training/world_model_rl.py                           # CPU-sized defaults
+    python training/world_model_rl.py --resume                  # carry on after a kill
+    python training/world_model_rl.py --eval_only --checkpoint=checkpoints/rl/latest.pt \\
+        --seeds=1000000-1000029 --json_path=results/rl/eval.json
+    python training/world_model_rl.py --help                    # list every setting
+
+The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions, train
+the VQ-VAE tokenizer on their frames (then frozen: the scene's look does not change) and
+record held-out episodes; then every iteration (1) train the action-conditioned
+SharpWorldModelV2 (predict=motion, with its reward head) on windows of the replay,
+(2) train the actor and critic (training/agent.py) on imagined rollouts of `horizon`
+steps that start from the model's states of real windows, (3) collect new episodes in
+the real environment (data_utils/envs.py) with the sampled policy. At the end the greedy
+policy is evaluated on seeds never used in training, beside the random policy and the
+reference controller that sees the true state.
+
+Writes checkpoints/<run>/latest.pt (config, model, optimisers, agent, history) with the
+replay beside it (replay_<k>.npz, one file per collection), and results/<run>/:
+rl_training.png, rl_trajectory.png, imagined_vs_real.gif, eval.json, config.json,
+test_episodes.npy (+ _actions.npy, _states.npz: held-out episodes for eval_sharp.py).
+A run killed at any point and restarted with --resume ends exactly as an uninterrupted
+one: every iteration draws from generators seeded by (seed, iteration).
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import utils  # noqa: E402  (first: CPU tuning before torch starts its thread pool)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data_utils import envs  # noqa: E402
+from training.agent import Agent, AgentConfig, imagine  # noqa: E402
+from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
+
+CONFIG = dict(
+    # --- run ---------------------------------------------------------------------------
+    run="rl",                  # checkpoints/<run>/ and results/<run>/
+    out_root="",               # '' = the repository (checkpoints/, results/ under it)
+    device="auto",             # auto | cpu | cuda | mps
+    seed=0,
+    bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
+    resume=False,              # continue from checkpoints/<run>/latest.pt
+    stop_after=0,              # tests: stop after this many iterations of this invocation
+    # --- environment -------------------------------------------------------------------
+    episode_steps=50,          # PushBall steps per episode (fixed length)
+    seed_episodes=64,          # random-action episodes before the first iteration
+    episodes_per_iter=8,       # episodes collected with the policy each iteration
+    test_episodes=32,          # held-out episodes (half random, half reference) for the reward error
+    # --- world model (training/world_model.py ModelConfig) -------------------------------
+    channels=16, code_dim=32, num_codes=128, hidden=16, layers=2, max_motion=8.0,
+    tok_steps=300,             # tokenizer steps on seed-episode frames (then frozen)
+    tok_batch=64,
+    tok_lr=2e-3,
+    wm_steps=8,                # world-model steps per iteration
+    wm_batch=16,               # windows per step
+    wm_window=17,              # frames per window: `context` observed, the rest free-running
+    context=2,                 # observed frames per window (two give the velocity)
+    wm_lr=1e-3,
+    # --- agent (training/agent.py AgentConfig) -------------------------------------------
+    iterations=50,             # "dreaming" iterations
+    ac_steps=8,                # actor-critic updates per iteration
+    imag_batch=128,            # imagined trajectories per update (start states from real windows)
+    horizon=15,                # imagination horizon
+    gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
+    # --- evaluation ----------------------------------------------------------------------
+    eval_episodes=30,          # unseen seeds per policy
+    eval_only=False,           # evaluate --checkpoint on --seeds, no training
+    checkpoint="",             # --eval_only: the agent to evaluate
+    seeds="",                  # --eval_only: A-B (inclusive); default 1000000..+eval_episodes-1
+    json_path="",              # default results/<run>/eval.json
+)
+# Seeds never overlap: training episodes count up from 0, held-out episodes from TEST_SEED,
+# the final evaluation from EVAL_SEED.
+TEST_SEED, EVAL_SEED = 500_000, 1_000_000
+
+
+# ----------------------------------------------------------------------------------------
+# Replay: whole episodes, frames with their codes, the action taken at each frame and the
+# reward of each frame (frame t's reward is -distance/diagonal after the step into it)
+# ----------------------------------------------------------------------------------------
+class Replay:
+    """Episodes of T+1 frames: frames uint8 (N, T+1, H, W), codes int16 (N, T+1, h, w),
+    actions float32 (N, T+1, A) (the last frame's is zero, never used), rewards float32
+    (N, T+1). Stored as one .npz per collection (`chunks`), so a checkpoint names how
+    many chunks belong to it."""
+
+    KEYS = ("frames", "codes", "actions", "rewards")
+
+    def __init__(self, folder: Path):
+        self.folder, self.chunks, self.data = folder, 0, None
+
+    def add(self, episodes: dict, write: bool = True):
+        if write:
+            with utils.atomic_path(self.folder / f"replay_{self.chunks}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **{k: episodes[k] for k in self.KEYS})
+        self.data = ({k: episodes[k] for k in self.KEYS} if self.data is None else
+                     {k: np.concatenate([self.data[k], episodes[k]]) for k in self.KEYS})
+        self.chunks += 1
+
+    def load(self, chunks: int):
+        for k in range(chunks):
+            path = self.folder / f"replay_{k}.npz"
+            try:
+                with np.load(path) as z:
+                    self.add({key: z[key] for key in self.KEYS}, write=False)
+            except (OSError, KeyError, ValueError) as exc:
+                raise SystemExit(f"error: {path} is missing or unreadable ({type(exc).__name__}); the run cannot "
+                                 f"resume without its replay - start a new --run") from None
+
+    def __len__(self):
+        return 0 if self.data is None else len(self.data["frames"])
+
+    def windows(self, rng: np.random.Generator, batch: int, length: int, device) -> dict:
+        """`batch` windows of `length` frames at random episodes and offsets -> tensors
+        frames (B, L, 1, H, W) float, codes (B, L, h, w), actions (B, L, A), rewards (B, L)."""
+        T = self.data["frames"].shape[1]
+        ep = rng.integers(0, len(self), batch)
+        t0 = rng.integers(0, T - length + 1, batch)
+        idx = t0[:, None] + np.arange(length)
+        pick = {k: self.data[k][ep[:, None], idx] for k in self.KEYS}
+        return {"frames": torch.from_numpy(pick["frames"]).to(device).float().div_(255).unsqueeze(2),
+                "codes": torch.from_numpy(pick["codes"].astype(np.int64)).to(device),
+                "actions": torch.from_numpy(pick["actions"]).to(device),
+                "rewards": torch.from_numpy(pick["rewards"]).to(device)}
+
+
+@torch.no_grad()
+def encode_episodes(model, frames: np.ndarray, device, bf16: bool) -> np.ndarray:
+    """uint8 (N, T, H, W) -> codes int16 (N, T, h, w) with the frozen tokenizer."""
+    flat = frames.reshape(-1, *frames.shape[2:])
+    out = []
+    for i in range(0, len(flat), 512):
+        x = torch.from_numpy(flat[i:i + 512]).to(device).float().div_(255).unsqueeze(1)
+        with utils.autocast(device, bf16):
+            out.append(model.encode(x).cpu().numpy().astype(np.int16))
+    return np.concatenate(out).reshape(*frames.shape[:2], model.grid, model.grid)
+
+
+# ----------------------------------------------------------------------------------------
+# Acting in the real environment through the model's state
+# ----------------------------------------------------------------------------------------
+class ModelPolicy:
+    """act_fn for envs.evaluate_policy: the model reads each real frame after the action
+    that led to it (`observe_next`), the actor acts on the latent. mode: 'sample' (the
+    exploring policy), 'greedy' (the mean action)."""
+
+    def __init__(self, model, agent, device, bf16: bool, mode: str = "greedy"):
+        self.model, self.agent, self.device, self.bf16, self.mode = model, agent, device, bf16, mode
+        self.state, self.last = None, None
+
+    @torch.no_grad()
+    def __call__(self, obs, info):
+        if info["step"] == 0:
+            self.state, self.last = None, None
+        frame = torch.from_numpy(obs).to(self.device).float().div_(255).unsqueeze(1)
+        with utils.autocast(self.device, self.bf16):
+            self.state = self.model.observe_next(self.state, frame, self.last)
+        latent = self.model.latent(self.state)
+        self.last = self.agent.actor.act(latent, sample=self.mode == "sample")
+        return self.last.cpu().numpy()
+
+
+def collect(env_kwargs: dict, act_fn, seeds: np.ndarray, model, device, bf16: bool, codes: bool = True) -> dict:
+    """Run one episode per seed; returns the replay's arrays plus 'pos', 'target', 'return'
+    (codes only with `codes`: the seed episodes come before the tokenizer)."""
+    env = envs.PushBallBatch(len(seeds), **env_kwargs)
+    rec = envs.evaluate_policy(env, act_fn, seed=seeds, record=True)
+    actions = np.concatenate([rec["actions"], np.zeros_like(rec["actions"][:, :1])], 1).astype(np.float32)
+    return {"frames": rec["frames"], "codes": encode_episodes(model, rec["frames"], device, bf16) if codes else None,
+            "actions": actions, "rewards": rec["reward"].astype(np.float32), "pos": rec["pos"],
+            "target": rec["target"], "return": rec["return"], "final_distance": rec["final_distance"],
+            "success": rec["success"]}
+
+
+# ----------------------------------------------------------------------------------------
+# Training: world model and actor-critic
+# ----------------------------------------------------------------------------------------
+def train_tokenizer(cfg, model, episodes: np.ndarray, device, rng):
+    """tok_steps updates on random frames of `episodes` uint8 (N, T, H, W); then frozen."""
+    opt = torch.optim.AdamW(model.tokenizer.parameters(), lr=cfg["tok_lr"])
+    frames = episodes.reshape(-1, *episodes.shape[2:])
+    model.tokenizer.train()
+    logs = {}
+    for _ in tqdm(range(cfg["tok_steps"]), desc="tokenizer"):
+        x = torch.from_numpy(frames[rng.integers(0, len(frames), cfg["tok_batch"])]).to(device)
+        with utils.autocast(device, cfg["bf16"]):
+            loss, logs = tokenizer_loss(model.tokenizer, x.float().div_(255).unsqueeze(1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.tokenizer.eval().requires_grad_(False)
+    return logs
+
+
+def check_finite(value: float, what: str):
+    if not np.isfinite(value):
+        raise SystemExit(f"error: the {what} became non-finite; the last checkpoint was saved before it - lower "
+                         f"--wm_lr / --actor_lr / --critic_lr and rerun with --resume")
+
+
+def train_world_model(cfg, model, opt, replay, device, rng) -> dict:
+    """wm_steps updates of the dynamics and reward head on replay windows, free-running
+    after `context` frames (what imagination meets). Logs 'dyn' (the dynamics loss),
+    'rollout_mse' per step, 'rew' (reward-prediction MSE on the training windows)."""
+    model.dynamics.train()
+    logs = {}
+    for _ in range(cfg["wm_steps"]):
+        batch = replay.windows(rng, cfg["wm_batch"], cfg["wm_window"], device)
+        with utils.autocast(device, cfg["bf16"]):
+            loss, logs = model(batch, cfg["context"])
+        check_finite(logs["loss"], "world-model loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
+        opt.step()
+    model.dynamics.eval()
+    return {"dyn": logs["loss"], "rollout_mse": float(np.mean(logs["rollout_mse"]))}
+
+
+def model_step(model, device, bf16):
+    """The imagination step the agent rolls through: (state, action) -> (state, latent,
+    reward, continue). PushBall never terminates, so continue is 1."""
+    def step(state, action):
+        with utils.autocast(device, bf16):
+            state = model.step(state, action)
+        return state, model.latent(state), state["reward"].float(), torch.ones_like(state["reward"]).float()
+    return step
+
+
+@torch.no_grad()
+def start_states(cfg, model, replay, device, rng):
+    """Model states of real frames: windows of `context` frames observed with their actions."""
+    batch = replay.windows(rng, cfg["imag_batch"], cfg["context"], device)
+    with utils.autocast(device, cfg["bf16"]):
+        state = model.observe(batch["frames"], batch["actions"], batch["codes"])
+    return state
+
+
+def train_agent(cfg, model, agent, replay, device, rng) -> dict:
+    """ac_steps actor-critic updates on imagined rollouts (training/agent.py)."""
+    logs = {}
+    step = model_step(model, device, cfg["bf16"])
+    for _ in range(cfg["ac_steps"]):
+        state = start_states(cfg, model, replay, device, rng)
+        latents, actions, rewards, conts = imagine(agent.actor, step, state, model.latent(state), cfg["horizon"])
+        logs = agent.update(latents, actions, rewards, conts)
+        check_finite(logs["pol"] + logs["val"], "actor or critic loss")
+    return logs
+
+
+@torch.no_grad()
+def reward_error(cfg, model, test: dict, device) -> dict:
+    """Reward-prediction error on held-out real episodes: 'rew_filter' when the model reads
+    every real frame (mean |r_pred - r| of each frame), 'rew_open' when it imagines
+    `horizon` frames from the first `context` with the recorded actions."""
+    n = len(test["frames"])
+    frames = torch.from_numpy(test["frames"]).to(device).float().div_(255).unsqueeze(2)
+    actions = torch.from_numpy(test["actions"]).to(device)
+    rewards = torch.from_numpy(test["rewards"]).to(device)
+    codes = torch.from_numpy(test["codes"].astype(np.int64)).to(device)
+    ctx, H = cfg["context"], cfg["horizon"]
+    with utils.autocast(device, cfg["bf16"]):
+        state, filt = None, []
+        for t in range(frames.shape[1]):
+            state = model.observe_next(state, frames[:, t], actions[:, t - 1] if t else None, codes[:, t])
+            filt.append(state["reward"].float())
+        state = model.observe(frames[:, :ctx], actions, codes[:, :ctx])
+        out = model.imagine(state, H, actions[:, ctx - 1:ctx - 1 + H])
+    filt = torch.stack(filt, 1)
+    return {"rew_filter": (filt - rewards).abs().mean().item(),
+            "rew_open": (out["rewards"].float() - rewards[:, ctx:ctx + H]).abs().mean().item(),
+            "episodes": n}
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation in the real environment
+# ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def imagined_return(cfg, model, agent, first_frames: np.ndarray, device) -> np.ndarray:
+    """The greedy policy acting in the model alone from each episode's first real frame for
+    the whole episode: the sum of predicted rewards (what the agent believes it earns)."""
+    frame = torch.from_numpy(first_frames).to(device).float().div_(255).unsqueeze(1)
+    total = torch.zeros(len(first_frames), device=device)
+    with utils.autocast(device, cfg["bf16"]):
+        state = model.observe_next(None, frame)
+        for _ in range(cfg["episode_steps"]):
+            state = model.step(state, agent.actor.act(model.latent(state), sample=False))
+            total += state["reward"].float()
+    return total.cpu().numpy()
+
+
+def evaluate(cfg, model, agent, seeds: np.ndarray, device) -> dict:
+    """Agent (greedy), random and reference on the same unseen seeds: mean return, final
+    distance, success rate (final distance < envs.SUCCESS_RADIUS px), normalised score."""
+    env_kwargs = {"episode_steps": cfg["episode_steps"]}
+    runs = {"agent": ModelPolicy(model, agent, device, cfg["bf16"], "greedy"),
+            "random": envs.random_act_fn(int(seeds[0])), "reference": envs.reference_act_fn}
+    rec, table = {}, {}
+    for name, act_fn in runs.items():
+        rec[name] = envs.evaluate_policy(envs.PushBallBatch(len(seeds), **env_kwargs), act_fn, seed=seeds,
+                                         record=True)
+        table[name] = envs.summarise(rec[name])
+    r_rand, r_ref = table["random"]["mean_return"], table["reference"]["mean_return"]
+    for name in table:
+        table[name]["normalised_score"] = envs.normalised_score(table[name]["mean_return"], r_rand, r_ref)
+    imagined = imagined_return(cfg, model, agent, rec["agent"]["frames"][:, 0], device)
+    table["agent"]["imagined_return"] = float(imagined.mean())
+    return {"policies": table, "seeds": [int(seeds[0]), int(seeds[-1])], "success_radius_px": envs.SUCCESS_RADIUS,
+            "records": rec}
+
+
+def print_table(ev: dict):
+    print(f"\nreal environment, seeds {ev['seeds'][0]}-{ev['seeds'][1]} (success: final distance < "
+          f"{ev['success_radius_px']:.0f} px)")
+    print(f"{'policy':<10} {'return':>8} {'final px':>9} {'success':>8} {'score':>6}")
+    for name, row in ev["policies"].items():
+        print(f"{name:<10} {row['mean_return']:8.2f} {row['mean_final_distance']:9.2f} {row['success_rate']:8.2f} "
+              f"{row['normalised_score']:6.2f}")
+    a = ev["policies"]["agent"]
+    print(f"agent's imagined return {a['imagined_return']:.2f} vs real {a['mean_return']:.2f}")
+
+
+# ----------------------------------------------------------------------------------------
+# Pictures
+# ----------------------------------------------------------------------------------------
+def plot_training(history: list, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [h["iteration"] for h in history]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), layout="constrained")
+    axes[0].plot(it, [h["dyn"] for h in history], label="dynamics loss (dyn)")
+    axes[0].set(title="world model", xlabel="iteration", yscale="log")
+    held = [h for h in history if "rew_filter" in h]
+    if held:
+        axes[0].plot([h["iteration"] for h in held], [h["rew_filter"] for h in held], "o-",
+                     label="|reward error|, held-out, reading frames")
+        axes[0].plot([h["iteration"] for h in held], [h["rew_open"] for h in held], "s-",
+                     label=f"|reward error|, held-out, imagined")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(it, [h["pol"] for h in history])
+    axes[1].set(title="actor loss (pol)", xlabel="iteration")
+    axes[2].plot(it, [h["val"] for h in history])
+    axes[2].set(title="critic loss (val)", xlabel="iteration", yscale="log")
+    axes[3].plot(it, [h["imag_reward"] for h in history], label="imagined (sampled policy)")
+    axes[3].plot(it, [h["real_reward"] for h in history], label="real (collected episodes)")
+    axes[3].set(title="mean reward per step", xlabel="iteration", ylabel="-distance / diagonal")
+    axes[3].legend(fontsize=7)
+    utils.save_figure(fig, path)
+
+
+def plot_trajectory(ev: dict, path: Path, episodes: int = 3):
+    """The agent's path over the real frames (first frame faint, last frame solid), beside
+    the reference controller's on the same seed; the target as a ring."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    episodes = min(episodes, len(ev["records"]["agent"]["return"]))
+    fig, axes = plt.subplots(2, episodes, figsize=(3.2 * episodes, 6.6), layout="constrained", squeeze=False)
+    for row, name in enumerate(("agent", "reference")):
+        r = ev["records"][name]
+        for e in range(episodes):
+            ax = axes[row, e]
+            img = np.maximum(0.35 * r["frames"][e, 0], r["frames"][e, -1]) / 255.0
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.plot(r["pos"][e, :, 0], r["pos"][e, :, 1], "-", color="tab:orange", lw=1.2)
+            ax.scatter(r["pos"][e, :, 0], r["pos"][e, :, 1], c=np.arange(r["pos"].shape[1]), cmap="viridis", s=6)
+            ax.add_patch(plt.Circle(r["target"][e], envs.SUCCESS_RADIUS, fill=False, color="tab:red", lw=1))
+            ax.set_title(f"{name}, seed {int(r['seeds'][e])}: return {r['return'][e]:.2f}, "
+                         f"final {r['final_distance'][e]:.1f} px", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("PushBall: path of the ball (orange, dots coloured by time), target ring = success radius",
+                 fontsize=9)
+    utils.save_figure(fig, path)
+
+
+@torch.no_grad()
+def imagined_vs_real(cfg, model, ev: dict, device, path: Path, episodes: int = 3):
+    """GIF: the real episode | the model's imagination of it from its first frame under the
+    same actions (open loop, no real frame after the first)."""
+    from evaluation.eval_sharp import write_gif   # GIF writer shared with the rollout evaluation
+
+    r = ev["records"]["agent"]
+    frames = torch.from_numpy(r["frames"][:episodes]).to(device).float().div_(255)       # (E, T+1, H, W)
+    actions = torch.from_numpy(np.clip(r["actions"][:episodes], -1, 1)).float().to(device)
+    with utils.autocast(device, cfg["bf16"]):
+        state = model.observe_next(None, frames[:, :1])
+        pred = model.imagine(state, cfg["episode_steps"], actions)["frames"].float().clamp(0, 1)
+    write_gif({"truth": frames.cpu(), "pred": pred[:, :, 0].cpu()}, 1, path, ms_per_frame=120)
+
+
+# ----------------------------------------------------------------------------------------
+def build(cfg, device):
+    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "predict": "motion", "action_dim": 2,
+                                                      "reward_head": True, "image_size": 64})).to(device)
+    agent = Agent(AgentConfig(latent_dim=model.config.hidden * model.config.layers * 16, action_dim=2,
+                              units=cfg["units"], horizon=cfg["horizon"], gamma=cfg["gamma"], lam=cfg["lam"],
+                              entropy=cfg["entropy"], actor_lr=cfg["actor_lr"],
+                              critic_lr=cfg["critic_lr"])).to(device)
+    return model, agent
+
+
+def parse_seeds(text: str, count: int) -> np.ndarray:
+    if not text:
+        return EVAL_SEED + np.arange(count)
+    try:
+        a, b = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise SystemExit(f"error: --seeds expects A-B (two integers, A <= B), got '{text}'") from None
+    if b < a:
+        raise SystemExit(f"error: --seeds expects A-B with A <= B, got '{text}'")
+    if a < EVAL_SEED:
+        print(f"note: seeds below {EVAL_SEED} may have been used in training or as held-out episodes")
+    return np.arange(a, b + 1)
+
+
+def load_agent(path: Path, device):
+    ckpt = utils.load_checkpoint(path)
+    if "agent" not in ckpt or "model" not in ckpt:
+        raise SystemExit(f"error: {path} is not a world_model_rl.py checkpoint (no 'agent'); pass the "
+                         f"checkpoints/<run>/latest.pt it wrote")
+    cfg = {**CONFIG, **ckpt["config"]}
+    model, agent = build(cfg, device)
+    try:
+        model.load_state_dict(ckpt["model"])
+        agent.load_state(ckpt["agent"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise SystemExit(f"error: {path} does not match this version ({str(exc).splitlines()[0]}); "
+                         f"retrain it") from None
+    return cfg, model.eval(), agent, ckpt
+
+
+def save_eval(ev: dict, path: Path, extra: dict):
+    utils.save_json({**extra, **{k: v for k, v in ev.items() if k != "records"}}, path)
+
+
+def eval_only(cfg, device):
+    if not cfg["checkpoint"]:
+        raise SystemExit("error: --eval_only needs --checkpoint=checkpoints/<run>/latest.pt")
+    path = Path(cfg["checkpoint"])
+    run_cfg, model, agent, _ = load_agent(path, device)
+    seeds = parse_seeds(cfg["seeds"], cfg["eval_episodes"])
+    ev = evaluate({**run_cfg, "bf16": cfg["bf16"]}, model, agent, seeds, device)
+    print_table(ev)
+    out = Path(cfg["json_path"]) if cfg["json_path"] else path.parent / "eval.json"
+    save_eval(ev, out, {"checkpoint": str(path)})
+    print(f"wrote {out}")
+
+
+def main():
+    cfg = utils.parse_overrides(CONFIG)
+    for key in ("iterations", "episodes_per_iter", "seed_episodes", "test_episodes", "wm_batch", "imag_batch",
+                "horizon", "eval_episodes", "episode_steps"):
+        if cfg[key] < 1:
+            raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
+    if not 1 <= cfg["context"] < cfg["wm_window"] <= cfg["episode_steps"] + 1:
+        raise SystemExit(f"error: need 1 <= --context < --wm_window <= --episode_steps + 1 (got {cfg['context']}, "
+                         f"{cfg['wm_window']}, {cfg['episode_steps']})")
+    device = utils.pick_device(cfg["device"])
+    if cfg["eval_only"]:
+        return eval_only(cfg, device)
+
+    base = Path(cfg["out_root"]) if cfg["out_root"] else utils.REPO_ROOT
+    ckpt_dir, out_dir = base / "checkpoints" / cfg["run"], base / "results" / cfg["run"]
+    ckpt_path = ckpt_dir / "latest.pt"
+    if ckpt_path.exists() and not cfg["resume"]:
+        raise SystemExit(f"error: {ckpt_path} exists; pass --resume to continue it or --run=NAME for a new run")
+    if cfg["resume"] and not ckpt_path.exists():
+        raise SystemExit(f"error: --resume given but {ckpt_path} does not exist; drop --resume to start fresh")
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write {ckpt_dir} or {out_dir} ({exc.strerror}); pass a writable "
+                         f"--out_root") from None
+    utils.save_json(cfg, out_dir / "config.json")
+    env_kwargs = {"episode_steps": cfg["episode_steps"]}
+    utils.seed_everything(cfg["seed"])
+    model, agent = build(cfg, device)
+    wm_opt = torch.optim.AdamW(model.dynamics.parameters(), lr=cfg["wm_lr"], weight_decay=1e-4)
+    replay = Replay(ckpt_dir)
+    history, start, wall = [], 0, 0.0
+    t0 = time.time()
+
+    def save(iteration):
+        utils.save_checkpoint({"config": cfg, "model_config": model.config.to_dict(), "model": model.state_dict(),
+                               "wm_opt": wm_opt.state_dict(), "agent": agent.state(), "iteration": iteration,
+                               "replay_chunks": replay.chunks, "history": history,
+                               "wall_s": wall + time.time() - t0}, ckpt_path)
+
+    test_path = out_dir / "test_episodes.npz"
+    if cfg["resume"]:
+        ckpt = utils.load_checkpoint(ckpt_path)
+        if "agent" not in ckpt:
+            raise SystemExit(f"error: {ckpt_path} is not a world_model_rl.py checkpoint; use another --run")
+        try:
+            model.load_state_dict(ckpt["model"])
+            wm_opt.load_state_dict(ckpt["wm_opt"])
+            agent.load_state(ckpt["agent"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise SystemExit(f"error: {ckpt_path} does not match these settings ({str(exc).splitlines()[0]}); "
+                             f"resume with the settings it was trained with") from None
+        replay.load(ckpt["replay_chunks"])
+        history, start, wall = ckpt["history"], ckpt["iteration"], ckpt["wall_s"]
+        model.tokenizer.eval().requires_grad_(False)
+        print(f"resuming {ckpt_path} at iteration {start}")
+        with np.load(test_path) as z:
+            test = {k: z[k] for k in z.files}
+    else:
+        # (0) seed episodes with random actions, the tokenizer on their frames, held-out episodes
+        rng = np.random.default_rng([cfg["seed"], 0])
+        seeds = np.arange(cfg["seed_episodes"])
+        seed_eps = collect(env_kwargs, envs.random_act_fn(cfg["seed"]), seeds, model, device, cfg["bf16"], False)
+        tok = train_tokenizer(cfg, model, seed_eps["frames"], device, rng)
+        print(f"tokenizer: PSNR {tok['psnr']:.1f} dB, perplexity {tok['perplexity']:.0f}")
+        seed_eps["codes"] = encode_episodes(model, seed_eps["frames"], device, cfg["bf16"])
+        replay.add(seed_eps)
+        half = cfg["test_episodes"] // 2
+        test_seeds = TEST_SEED + np.arange(cfg["test_episodes"])
+        parts = [collect(env_kwargs, envs.random_act_fn(TEST_SEED), test_seeds[:half], model, device, cfg["bf16"]),
+                 collect(env_kwargs, envs.reference_act_fn, test_seeds[half:], model, device, cfg["bf16"])]
+        test = {k: np.concatenate([p[k] for p in parts]) for k in (*Replay.KEYS, "pos", "target")}
+        with utils.atomic_path(test_path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **test)
+        write_test_split(test, out_dir)
+        save(0)
+
+    done = 0
+    for it in range(start, cfg["iterations"]):
+        rng = np.random.default_rng([cfg["seed"], it + 1])
+        torch.manual_seed(cfg["seed"] * 1_000_003 + it + 1)
+        wm = train_world_model(cfg, model, wm_opt, replay, device, rng)
+        ac = train_agent(cfg, model, agent, replay, device, rng)
+        seeds = cfg["seed_episodes"] + it * cfg["episodes_per_iter"] + np.arange(cfg["episodes_per_iter"])
+        eps = collect(env_kwargs, ModelPolicy(model, agent, device, cfg["bf16"], "sample"), seeds, model, device,
+                      cfg["bf16"])
+        replay.add(eps)
+        row = {"iteration": it + 1, **wm, **ac, "imag_reward": ac["imag_return"] / cfg["horizon"],
+               "real_reward": float(eps["rewards"][:, 1:].mean()), "real_return": float(eps["return"].mean()),
+               "wall_s": wall + time.time() - t0}
+        if (it + 1) % 5 == 0 or it + 1 == cfg["iterations"]:
+            row.update(reward_error(cfg, model, test, device))
+        history.append(row)
+        print(f"iter {it + 1:3d}  dyn {row['dyn']:.4f}  pol {row['pol']:+.3f}  val {row['val']:.4f}  "
+              f"imagined/real reward per step {row['imag_reward']:+.3f}/{row['real_reward']:+.3f}"
+              + (f"  |rew err| held-out {row['rew_filter']:.4f}/{row['rew_open']:.4f}" if "rew_filter" in row else "")
+              + f"  [{row['wall_s']:.0f} s]", flush=True)
+        save(it + 1)
+        done += 1
+        if cfg["stop_after"] and done >= cfg["stop_after"] and it + 1 < cfg["iterations"]:
+            print(f"stopping after {done} iterations (--stop_after); rerun with --resume to continue")
+            return
+
+    ev = evaluate(cfg, model, agent, EVAL_SEED + np.arange(cfg["eval_episodes"]), device)
+    print_table(ev)
+    train_s = history[-1]["wall_s"] if history else wall
+    save_eval(ev, Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "eval.json",
+              {"checkpoint": str(ckpt_path), "train_wall_s": train_s, "held_out_reward_error":
+               {k: history[-1][k] for k in ("rew_filter", "rew_open") if history and k in history[-1]}})
+    plot_training(history, out_dir / "rl_training.png")
+    plot_trajectory(ev, out_dir / "rl_trajectory.png")
+    imagined_vs_real(cfg, model, ev, device, out_dir / "imagined_vs_real.gif")
+    print(f"wrote {out_dir}/{{rl_training.png, rl_trajectory.png, imagined_vs_real.gif, eval.json}}")
+
+
+def write_test_split(test: dict, out_dir: Path):
+    """The held-out episodes in the data format eval_sharp.py reads: test_episodes.npy
+    (N, T, H, W) uint8, test_episodes_actions.npy (N, T, A), test_episodes_states.npz."""
+    for name, arr in (("test_episodes.npy", test["frames"]), ("test_episodes_actions.npy", test["actions"])):
+        with utils.atomic_path(out_dir / name) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+    with utils.atomic_path(out_dir / "test_episodes_states.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, pos=test["pos"][:, :, None].astype(np.float32), reward=test["rewards"],
+                     target=test["target"].astype(np.float32))
+
+
+if __name__ == "__main__":
+    main()
