@@ -12,7 +12,7 @@ from tests.scripts import run
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
-        "--tok_steps=4", "--tok_batch=8", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
+        "--tok_steps=4", "--tok_batch=8", "--wm_pretrain=2", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
         "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2"]
 
 

@@ -202,7 +202,7 @@ def test_action_at_step_k_changes_frame_k_plus_1_and_not_earlier():
         assert torch.equal(pred[:, :first], base[:, :first]), k
         assert (pred[:, first] - base[:, first]).abs().max() > 1e-3, k
     state = model.observe(ctx, actions[:, :4])
-    assert model.latent(state).shape == (2, TINY["hidden"] * TINY["layers"] * 16)
+    assert model.latent(state).shape == (2, TINY["hidden"] * TINY["layers"] * 16) == (2, model.dynamics.latent_dim)
 
 
 def test_tiny_model_learns_an_action_driven_push():

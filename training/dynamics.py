@@ -27,7 +27,6 @@ from training import motion
 
 PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight: the wide terms carry most of the signal
 MASS_WEIGHT = 0.1     # motion: relative brightness error of each predicted frame
-LATENT_POOL = 4       # latent(): the ConvGRU features average-pooled to 4 x 4 cells
 
 
 def reward_targets(model, batch):
@@ -63,8 +62,9 @@ class FrameUnit:
     def _read(model, state, emb, codes, prev_action):
         """The core reads frame t (its embedding) after the action that led to it."""
         feats, hidden = model.dynamics.step(emb, state["hidden"], prev_action)
-        return {**state, "hidden": hidden, "feats": feats, "codes": codes, "emb_in": emb,
-                "reward": model.dynamics.predict_reward(feats)}
+        latent = model.dynamics.compact(feats, emb)
+        return {**state, "hidden": hidden, "feats": feats, "codes": codes, "emb_in": emb, "latent": latent,
+                "reward": model.dynamics.predict_reward(latent)}
 
     def observe_next(self, model, state, frame, action=None, codes=None):
         if codes is None:
@@ -108,9 +108,9 @@ class FrameUnit:
         return result
 
     def latent(self, model, state):
-        """(B, hidden*layers*16): the frame's ConvGRU features on a 4 x 4 grid of regions,
-        so an actor can tell where things are without reading the 16 x 16 grid."""
-        return F.adaptive_avg_pool2d(state["feats"].float(), LATENT_POOL).flatten(1)
+        """(B, latent_dim): the frame's compact state (Dynamics.compact), what the reward
+        head reads too."""
+        return state["latent"]
 
     def loss(self, model, batch, context: int, forced=None):
         """One unrolled pass over a clip. The first `context` inputs are the true frames;
@@ -135,7 +135,7 @@ class FrameUnit:
             pred, fed, _ = self.advance(model, state, raw, sample=False)
             loss_t = self.step_loss(model, state, raw, pred, target, codes[:, t + 1])
             if rewards is not None:   # the reward of frame t (as the core saw it)
-                loss_t = loss_t + F.mse_loss(dyn.predict_reward(feats), rewards[:, t])
+                loss_t = loss_t + F.mse_loss(dyn.predict_reward(dyn.compact(feats, emb)), rewards[:, t])
             total = total + loss_t
             step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
             teacher = t + 1 < context or (forced is not None and forced[t])

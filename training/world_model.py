@@ -48,6 +48,11 @@ import torch.nn.functional as F
 from training.dynamics import EmbeddingRegression, MotionField
 from training.layers import RigidLayers
 
+LATENT_POOL = 4       # the compact state: ConvGRU features average-pooled to 4 x 4 regions ...
+KEYPOINTS = 16        # ... plus, with a reward head, this many learned keypoints (x, y)
+KEYPOINT_SHARPNESS = 10.0   # keypoint maps are scaled by this before their softmax (peaked from the start)
+REWARD_UNITS = 128    # hidden units of the reward head
+
 UNITS = {"motion": MotionField, "embedding": EmbeddingRegression, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
 
@@ -314,7 +319,17 @@ class Dynamics(nn.Module):
                                   nn.Conv2d(hidden, out_ch, 3, padding=1))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
-        self.reward = (nn.Sequential(nn.Linear(hidden * layers, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        # With a reward head the compact state also holds KEYPOINTS learned keypoints: maps
+        # computed from the frame's code embeddings (what Dreamer calls z, beside the
+        # recurrent h), each turned into the expected (x, y) under its spatial softmax (Levine et al.
+        # 2016, "deep spatial autoencoders"). Pooled features keep what is where only to
+        # 16 px; the agent's reward, a distance between two bodies, needs where exactly,
+        # and a keypoint is a coordinate (measured in docs/experiments.md).
+        self.latent_dim = hidden * layers * LATENT_POOL ** 2 + (2 * KEYPOINTS if reward_head else 0)
+        self.keypoint_maps = (nn.Sequential(nn.Conv2d(code_dim + 2, 2 * hidden, 3, padding=1),
+                                            nn.SiLU(), nn.Conv2d(2 * hidden, KEYPOINTS, 1))
+                              if reward_head else None)
+        self.reward = (nn.Sequential(nn.Linear(self.latent_dim, REWARD_UNITS), nn.SiLU(), nn.Linear(REWARD_UNITS, 1))
                        if reward_head else None)
 
     def init_hidden(self, batch: int, device, h: int, w: int):
@@ -352,9 +367,24 @@ class Dynamics(nn.Module):
             x = torch.cat([x, self._action_planes(action, x)], 1)
         return self.head(x).float()
 
-    def predict_reward(self, feats):
-        """(B, hidden*layers, h, w) -> (B,) reward of the frame, or None without a reward head."""
-        return None if self.reward is None else self.reward(feats.float().mean((2, 3))).squeeze(1)
+    def compact(self, feats, emb):
+        """The compact state of a frame: (B, C, h, w) features (C = hidden*layers) and the
+        frame's (B, D, h, w) code embeddings -> (B, latent_dim): the features averaged over
+        a 4 x 4 grid of regions, plus the keypoints with a reward head."""
+        feats = feats.float()
+        pooled = F.adaptive_avg_pool2d(feats, LATENT_POOL).flatten(1)
+        if self.keypoint_maps is None:
+            return pooled
+        B = feats.shape[0]
+        coords = self.coords.expand(B, -1, -1, -1)
+        maps = KEYPOINT_SHARPNESS * self.keypoint_maps(torch.cat([emb.float(), coords], 1)).float()
+        attention = torch.softmax(maps.flatten(2), -1)                                  # (B, K, h*w) over the grid
+        keypoints = attention @ self.coords.flatten(2).transpose(1, 2)                  # (B, K, 2) in [-1, 1]
+        return torch.cat([pooled, keypoints.flatten(1)], 1)
+
+    def predict_reward(self, latent):
+        """(B, latent_dim) compact state -> (B,) reward of the frame, or None without a reward head."""
+        return None if self.reward is None else self.reward(latent).squeeze(1)
 
 
 class SharpWorldModelV2(nn.Module):

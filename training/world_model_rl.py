@@ -59,14 +59,16 @@ CONFIG = dict(
     tok_steps=300,             # tokenizer steps on seed-episode frames (then frozen)
     tok_batch=64,
     tok_lr=2e-3,
+    wm_pretrain=150,           # world-model steps on the seed episodes before the first iteration
     wm_steps=8,                # world-model steps per iteration
     wm_batch=16,               # windows per step
     wm_window=17,              # frames per window: `context` observed, the rest free-running
     context=2,                 # observed frames per window (two give the velocity)
     wm_lr=1e-3,
+    reward_lr_scale=3.0,       # the reward head learns at wm_lr times this
     # --- agent (training/agent.py AgentConfig) -------------------------------------------
     iterations=50,             # "dreaming" iterations
-    ac_steps=8,                # actor-critic updates per iteration
+    ac_steps=6,                # actor-critic updates per iteration
     imag_batch=128,            # imagined trajectories per update (start states from real windows)
     horizon=15,                # imagination horizon
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
@@ -207,13 +209,24 @@ def check_finite(value: float, what: str):
                          f"--wm_lr / --actor_lr / --critic_lr and rerun with --resume")
 
 
-def train_world_model(cfg, model, opt, replay, device, rng) -> dict:
+def world_model_optimiser(cfg, model):
+    """AdamW on the dynamics; the reward head (its keypoint maps and MLP) at reward_lr_scale
+    times the rate: its keypoints must lock onto the bodies within the run's few hundred
+    steps (docs/experiments.md, 2026-12-02)."""
+    reward = [p for n, p in model.dynamics.named_parameters() if n.startswith(("keypoint_maps.", "reward."))]
+    ids = {id(p) for p in reward}
+    core = [p for p in model.dynamics.parameters() if id(p) not in ids]
+    return torch.optim.AdamW([{"params": core}, {"params": reward, "lr": cfg["wm_lr"] * cfg["reward_lr_scale"]}],
+                             lr=cfg["wm_lr"], weight_decay=1e-4)
+
+
+def train_world_model(cfg, model, opt, replay, device, rng, progress: bool = False) -> dict:
     """wm_steps updates of the dynamics and reward head on replay windows, free-running
     after `context` frames (what imagination meets). Logs 'dyn' (the dynamics loss),
     'rollout_mse' per step, 'rew' (reward-prediction MSE on the training windows)."""
     model.dynamics.train()
     logs = {}
-    for _ in range(cfg["wm_steps"]):
+    for _ in tqdm(range(cfg["wm_steps"]), desc="world model", disable=not progress):
         batch = replay.windows(rng, cfg["wm_batch"], cfg["wm_window"], device)
         with utils.autocast(device, cfg["bf16"]):
             loss, logs = model(batch, cfg["context"])
@@ -405,7 +418,7 @@ def imagined_vs_real(cfg, model, ev: dict, device, path: Path, episodes: int = 3
 def build(cfg, device):
     model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "predict": "motion", "action_dim": 2,
                                                       "reward_head": True, "image_size": 64})).to(device)
-    agent = Agent(AgentConfig(latent_dim=model.config.hidden * model.config.layers * 16, action_dim=2,
+    agent = Agent(AgentConfig(latent_dim=model.dynamics.latent_dim, action_dim=2,
                               units=cfg["units"], horizon=cfg["horizon"], gamma=cfg["gamma"], lam=cfg["lam"],
                               entropy=cfg["entropy"], actor_lr=cfg["actor_lr"],
                               critic_lr=cfg["critic_lr"])).to(device)
@@ -489,7 +502,7 @@ def main():
     env_kwargs = {"episode_steps": cfg["episode_steps"]}
     utils.seed_everything(cfg["seed"])
     model, agent = build(cfg, device)
-    wm_opt = torch.optim.AdamW(model.dynamics.parameters(), lr=cfg["wm_lr"], weight_decay=1e-4)
+    wm_opt = world_model_optimiser(cfg, model)
     replay = Replay(ckpt_dir)
     history, start, wall = [], 0, 0.0
     t0 = time.time()
@@ -536,6 +549,10 @@ def main():
             with open(tmp, "wb") as f:
                 np.savez(f, **test)
         write_test_split(test, out_dir)
+        wm = train_world_model({**cfg, "wm_steps": cfg["wm_pretrain"]}, model, wm_opt, replay, device, rng,
+                               progress=True)
+        print(f"world model on the seed episodes: dyn {wm['dyn']:.4f}, held-out |reward error| "
+              f"{reward_error(cfg, model, test, device)['rew_filter']:.4f}")
         save(0)
 
     done = 0
