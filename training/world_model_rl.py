@@ -513,7 +513,7 @@ def main():
                                "replay_chunks": replay.chunks, "history": history,
                                "wall_s": wall + time.time() - t0}, ckpt_path)
 
-    test_path = out_dir / "test_episodes.npz"
+    test_path = ckpt_dir / "test_episodes.npz"   # the held-out episodes with their codes (for --resume)
     if cfg["resume"]:
         ckpt = utils.load_checkpoint(ckpt_path)
         if "agent" not in ckpt:
