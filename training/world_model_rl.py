@@ -59,16 +59,17 @@ CONFIG = dict(
     tok_steps=300,             # tokenizer steps on seed-episode frames (then frozen)
     tok_batch=64,
     tok_lr=2e-3,
-    wm_pretrain=150,           # world-model steps on the seed episodes before the first iteration
+    wm_pretrain=100,           # world-model steps on the seed episodes before the first iteration
     wm_steps=8,                # world-model steps per iteration
     wm_batch=16,               # windows per step
     wm_window=17,              # frames per window: `context` observed, the rest free-running
     context=2,                 # observed frames per window (two give the velocity)
     wm_lr=1e-3,
     reward_lr_scale=3.0,       # the reward head learns at wm_lr times this
+    reward_steps=2,            # extra reward-head steps on real frames' states after each world-model step
     # --- agent (training/agent.py AgentConfig) -------------------------------------------
     iterations=50,             # "dreaming" iterations
-    ac_steps=6,                # actor-critic updates per iteration
+    ac_steps=5,                # actor-critic updates per iteration
     imag_batch=128,            # imagined trajectories per update (start states from real windows)
     horizon=15,                # imagination horizon
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
@@ -235,8 +236,36 @@ def train_world_model(cfg, model, opt, replay, device, rng, progress: bool = Fal
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
         opt.step()
+        for _ in range(cfg["reward_steps"]):
+            rew = reward_step(cfg, model, opt, replay, device, rng)
     model.dynamics.eval()
-    return {"dyn": logs["loss"], "rollout_mse": float(np.mean(logs["rollout_mse"]))}
+    out = {"dyn": logs["loss"], "rollout_mse": float(np.mean(logs["rollout_mse"]))}
+    if cfg["reward_steps"]:
+        out["rew"] = rew
+    return out
+
+
+def reward_step(cfg, model, opt, replay, device, rng) -> float:
+    """One step of the reward head alone on the states of real frames: the core reads the
+    windows' cached codes (no re-tokenising, no gradient), so it costs a fraction of a
+    world-model step, and the keypoints get the many updates they need to lock onto the
+    bodies (docs/experiments.md). Returns the reward MSE."""
+    batch = replay.windows(rng, cfg["wm_batch"], cfg["wm_window"], device)
+    B, L = batch["codes"].shape[:2]
+    dyn = model.dynamics
+    with torch.no_grad(), utils.autocast(device, cfg["bf16"]):
+        hidden, feats = dyn.init_hidden(B, device, model.grid, model.grid), []
+        for t in range(L):
+            f, hidden = dyn.step(model.embed(batch["codes"][:, t]), hidden, batch["actions"][:, t - 1] if t else None)
+            feats.append(f.float())
+    feats = torch.stack(feats, 1).flatten(0, 1)
+    emb = model.embed(batch["codes"].flatten(0, 1))
+    loss = F.mse_loss(dyn.predict_reward(dyn.compact(feats, emb)), batch["rewards"].flatten())
+    check_finite(loss.item(), "reward loss")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 def model_step(model, device, bf16):
