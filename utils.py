@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import difflib
+import errno
 import json
 import os
 import random
@@ -171,22 +172,67 @@ def parse_overrides(config: dict, argv: list[str] | None = None) -> dict:
 
 
 # --- atomic file I/O ----------------------------------------------------------------------
+# Errors of writing a file that the user fixes (a full disk, a folder that is not writable
+# or is a file): they become one line naming the file, instead of a traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EIO}
+WRITE_FIX = "free some space or pass another output folder (--out_root / --out_dir)"
+TEMP_SUFFIX = ".tmp"       # atomic_path's temporary files: .<name>.<random>.tmp<suffix>
+
+
+def write_error(path: Path, exc: OSError, fix: str = WRITE_FIX) -> SystemExit:
+    """The one-line error for a failed write of `path`; what was there before is intact."""
+    kept = f"the previous {path.name} is unchanged" if path.is_file() else "nothing was written"
+    return SystemExit(f"error: cannot write {path} ({exc.strerror or type(exc).__name__}); {kept} - {fix}")
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, fix: str = WRITE_FIX):
     """Yield a temporary path beside `path`; rename it onto `path` only if the
-    block finishes, so a killed process never leaves a half-written file."""
+    block finishes, so a killed process never leaves a half-written file. A write that
+    fails for a reason the user fixes (full disk, unwritable folder) stops the program
+    with one line (SystemExit) saying so and `fix`; the old `path` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs should be readable like any other file
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX + path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs should be readable like any other file
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_error(path, exc, fix) from None
         raise
+
+
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Stop with one line naming --`flag` when `folder` cannot be created or written,
+    before any work is done (creates nothing)."""
+    folder = Path(folder)
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    why = ("is not a folder" if not p.is_dir() else
+           "is not writable" if not os.access(p, os.W_OK | os.X_OK) else "")
+    if why:
+        shown = "it" if p == folder else p
+        raise SystemExit(f"error: cannot write {folder} ({shown} {why}); pass a writable --{flag}")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that atomic_path leaves when its process is killed
+    (SIGKILL, power loss) before it could clean up; returns what was removed. Call it only
+    where no other process is writing into `folder` (a run resuming its own folder)."""
+    removed = []
+    for p in Path(folder).glob(f".*{TEMP_SUFFIX}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def save_json(obj, path: str | os.PathLike) -> None:
@@ -217,22 +263,34 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """torch.save through a temporary file and a rename: a run killed while saving
-    keeps its previous checkpoint intact."""
-    with atomic_path(path) as tmp:
+    keeps its previous checkpoint intact, and a full disk stops it with one line."""
+    path = Path(path)
+    fix = ("free some space and rerun with --resume to continue from it" if path.is_file()
+           else "free some space and rerun")
+    with atomic_path(path, fix) as tmp:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+CHECKPOINT_FIX = "pass another --checkpoint or retrain"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", fix: str = CHECKPOINT_FIX) -> dict:
     """Load a checkpoint with `weights_only=True` (no pickled code is executed).
-    A missing or unreadable file gives a one-line error that names the fix."""
+    A missing or unreadable file gives a one-line error that names the fix (`fix`: what
+    the calling script takes instead); it never advises deleting the file."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: checkpoint {path} not found; train one first (python training/train_sharp_v2.py)")
+        advice = ("pass an existing --checkpoint (a training script writes checkpoints/<run>/latest.pt, e.g. "
+                  "python training/train_sharp_v2.py)" if fix == CHECKPOINT_FIX else fix)
+        raise SystemExit(f"error: checkpoint {path} not found; {advice}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or not a torch file at all
-        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(exc).__name__}); "
-                         f"delete it and retrain, or pass another --checkpoint") from None
+    except Exception as exc:  # corrupt, truncated, a pickle carrying code, or not a torch file at all
+        if "Unsupported global" in str(exc):   # a pickle that names code to call: weights_only refused it
+            raise SystemExit(f"error: {path} holds pickled objects other than tensors and plain values, which "
+                             f"are refused (weights_only=True); it is not a checkpoint of this project - "
+                             f"{fix}") from None
+        raise SystemExit(f"error: {path} is truncated or not a checkpoint ({type(exc).__name__}); {fix}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise SystemExit(f"error: {path} is not a checkpoint of this project (no 'config' inside); pass another --checkpoint")
+        raise SystemExit(f"error: {path} is not a checkpoint of this project (no 'config' inside); {fix}")
     return ckpt

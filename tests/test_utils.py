@@ -70,8 +70,10 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         utils.load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+    with pytest.raises(SystemExit, match="truncated or not a checkpoint .*; pass another --checkpoint or retrain$"):
         utils.load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(SystemExit, match="; use another --run$"):
+        utils.load_checkpoint(tmp_path / "bad.pt", fix="use another --run")
     utils.save_checkpoint({"w": 1}, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="not a checkpoint of this project"):
         utils.load_checkpoint(tmp_path / "other.pt")
@@ -89,9 +91,19 @@ class _Payload:
 def test_a_pickle_payload_in_a_checkpoint_is_refused(tmp_path):
     path, target = tmp_path / "evil.pt", tmp_path / "ran"
     torch.save({"config": {}, "x": _Payload(target)}, path)     # plain torch.save pickles anything
-    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+    with pytest.raises(SystemExit, match=r"refused \(weights_only=True\)"):
         utils.load_checkpoint(path)
     assert not target.exists()                                   # weights_only=True: nothing ran
+    # every script loads its checkpoints through utils.load_checkpoint: tests/test_bad_inputs.py
+    # gives this payload to each of their loaders
+
+
+def test_stale_temporary_files_of_a_killed_write_are_removed(tmp_path):
+    utils.save_checkpoint({"config": {}}, tmp_path / "latest.pt")
+    (tmp_path / ".latest.pt.abc123.tmp.pt").write_bytes(b"half")        # a write killed half-way
+    (tmp_path / "codes_x.npy").write_bytes(b"kept")
+    assert [p.name for p in utils.remove_stale_temps(tmp_path)] == [".latest.pt.abc123.tmp.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes_x.npy", "latest.pt"]
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
