@@ -10,6 +10,7 @@ turn it into `SystemExit(f"error: {e}")`. Make the data first:
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -33,7 +34,9 @@ def dataset_command(name: str) -> str:
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset '{name}'; valid: {', '.join(DATASET_NAMES)}")
+        close = difflib.get_close_matches(str(name), DATASET_NAMES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise DatasetError(f"unknown dataset '{name}'{hint}; valid: {', '.join(DATASET_NAMES)}")
 
 
 def parse_names(spec: str) -> list[str]:
@@ -51,9 +54,26 @@ def _folder(name: str, root) -> Path:
     root = Path(root) if root is not None else DEFAULT_OUT
     folder = root / name
     if not (folder / "meta.json").is_file():
-        raise DatasetError(f"dataset '{name}' not found at {_show(folder)}; make it with: {dataset_command(name)}"
-                           + (f" --out {_show(root)}" if root.resolve() != DEFAULT_OUT.resolve() else ""))
+        raise DatasetError(f"dataset '{name}' not found at {_show(folder)}; make it with: {_make_command(name, root)}")
     return folder
+
+
+def _make_command(name: str, root: Path) -> str:
+    """The command that makes dataset `name` under `root` (--out when not the default)."""
+    return dataset_command(name) + (f" --out {_show(root)}" if root.resolve() != DEFAULT_OUT.resolve() else "")
+
+
+def _regenerate(name: str, folder: Path) -> str:
+    """The fix for a bad file inside a generated dataset. Generation writes a new folder and
+    renames it into place, so nothing needs deleting by hand (and nothing valid is lost)."""
+    command = _make_command(name, folder.parent)
+    try:   # the exact command that made it, when its meta.json says
+        made = json.loads((folder / "meta.json").read_text()).get("reproduce")
+        if isinstance(made, str) and made.startswith(dataset_command(name)):
+            command = made + command[len(dataset_command(name)):]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return f"regenerate the dataset (the new one replaces {_show(folder)}): {command}"
 
 
 def _show(path: Path) -> str:
@@ -73,17 +93,26 @@ def _check_split(split: str) -> None:
 def load_sequences(path, size: int | None = None, mmap: bool = True, fix: str | None = None) -> np.ndarray:
     """A uint8 (N, T, H, W) array from a .npy file, validated; `size` demands H == W == size.
 
-    `fix` is the advice appended to errors about a bad file (default: regenerate it).
+    `fix` is the advice appended to errors about a bad file; the default asks for another
+    file, never to delete this one (it may be a good file of another kind, e.g. states).
     """
     path = Path(path)
-    fix = fix or "delete it and regenerate it"
+    fix = fix or "pass a uint8 (N, T, H, W) frames .npy instead, such as data/<dataset>/test.npy"
     if not path.is_file():
-        raise DatasetError(f"{_show(path)} not found; pass the path of an existing .npy file")
+        raise DatasetError(f"{_show(path)} not found; {fix}")
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # truncated, corrupt, or not .npy at all
-        raise DatasetError(f"{_show(path)} is corrupt or truncated ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:80] if str(exc) else 'unreadable'}); {fix}") from None
+        why = str(exc).splitlines()[0][:80] if str(exc) else "unreadable"
+        if "pickle" in why:   # numpy's guess for a file without the .npy header
+            why = "no .npy header"
+        raise DatasetError(f"{_show(path)} is corrupt or truncated ({type(exc).__name__}: {why}); {fix}") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):   # an .npz archive: states, or several arrays
+        keys = ", ".join(arr.files[:6])
+        arr.close()
+        frames = path.with_name(path.name.replace("_states.npz", ".npy"))
+        hint = f"; its frames are {_show(frames)}" if frames != path and frames.is_file() else ""
+        raise DatasetError(f"{_show(path)} is an .npz archive ({keys}), not a frames .npy{hint}; {fix}")
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4:
         raise DatasetError(f"{_show(path)} holds {getattr(arr, 'dtype', type(arr).__name__)} "
                            f"{getattr(arr, 'shape', '')}, expected uint8 (N, T, H, W) frames; {fix}")
@@ -98,7 +127,7 @@ def load_split(name: str, split: str = "train", root=None, mmap: bool = True) ->
     _check_split(split)
     folder = _folder(name, root)
     path = folder / f"{split}.npy"
-    fix = f"delete {_show(folder)} and regenerate it: {dataset_command(name)}"
+    fix = _regenerate(name, folder)
     if not path.is_file():
         raise DatasetError(f"{_show(path)} is missing; {fix}")
     return load_sequences(path, mmap=mmap, fix=fix)
@@ -113,8 +142,8 @@ def load_states(name: str, split: str = "train", root=None) -> dict[str, np.ndar
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:
-        raise DatasetError(f"{_show(path)} is missing or unreadable ({type(exc).__name__}); delete "
-                           f"{_show(folder)} and regenerate it: {dataset_command(name)}") from None
+        raise DatasetError(f"{_show(path)} is missing or unreadable ({type(exc).__name__}); "
+                           f"{_regenerate(name, folder)}") from None
 
 
 def load_meta(name: str, root=None) -> dict:
@@ -122,8 +151,8 @@ def load_meta(name: str, root=None) -> dict:
     try:
         return json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{_show(folder / 'meta.json')} is unreadable ({type(exc).__name__}); delete "
-                           f"{_show(folder)} and regenerate it: {dataset_command(name)}") from None
+        raise DatasetError(f"{_show(folder / 'meta.json')} is unreadable ({type(exc).__name__}); "
+                           f"{_regenerate(name, folder)}") from None
 
 
 class SequenceWindows(Dataset):

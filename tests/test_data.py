@@ -4,8 +4,10 @@ import importlib.util
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,6 +140,63 @@ def test_interrupted_generation_leaves_nothing_complete(tmp_path, fake_scenes, m
     with pytest.raises(KeyboardInterrupt):
         make(tmp_path, seed=2, preview=True)
     assert files_bytes(tmp_path / "pendulum") == old and [p.name for p in tmp_path.iterdir()] == ["pendulum"]
+
+
+# A generation process that a test kills: the real machinery (CHUNK=4), a scene that draws
+# random frames and takes a while per chunk so that the kill lands in the middle.
+SLOW_GENERATION = """
+import sys, time
+from types import SimpleNamespace
+import numpy as np
+from data_utils import generate
+
+def slow_scene(rng, n, frames, size):
+    time.sleep(0.05)
+    return SimpleNamespace(frames=rng.integers(0, 256, (n, frames, size, size), dtype=np.uint8),
+                           states={"pos": rng.random((n, frames, 1, 2), dtype=np.float32)},
+                           constants={}, state_doc={"pos": "centre"}, notes="slow")
+
+generate.scene_function = lambda name: slow_scene
+generate.CHUNK = 4
+generate.generate_datasets(sys.argv[2:], workers=1, verbose=False, num=400, seed=1, out=sys.argv[1], frames=8,
+                           size=64, preview=False, progress=False)
+"""
+
+
+def test_generation_killed_midway_leaves_nothing_complete_and_the_next_run_completes(tmp_path, fake_scenes):
+    """SIGKILL (nothing of the process's own clean-up runs) while it writes bouncing_balls,
+    with an older complete pendulum next to it that the same process was to replace."""
+    make(tmp_path, "pendulum", seed=0)
+    old = files_bytes(tmp_path / "pendulum")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_GENERATION, str(tmp_path), "bouncing_balls", "pendulum"],
+                            cwd=utils.REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    temp = tmp_path / f".bouncing_balls.tmp-{proc.pid}"
+    try:
+        def midway():   # some chunks of the train split written, far from all of them
+            try:
+                return np.load(temp / "train.npy", mmap_mode="r")[:8].any()
+            except (OSError, ValueError):
+                return False
+        deadline = time.monotonic() + 120
+        while not midway() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert temp.is_dir()                                   # the kill left its half-written folder ...
+    with pytest.raises(DatasetError, match="not found.*make it with"):   # ... which is not taken for a dataset
+        datasets.load_split("bouncing_balls", root=tmp_path)
+    assert files_bytes(tmp_path / "pendulum") == old       # the older complete dataset is untouched
+    assert datasets.load_meta("pendulum", tmp_path)["seed"] == 0
+
+    make(tmp_path, "bouncing_balls", seed=3)               # the next run completes it
+    make(tmp_path / "clean", "bouncing_balls", seed=3)
+    assert files_bytes(tmp_path / "bouncing_balls") == files_bytes(tmp_path / "clean" / "bouncing_balls")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bouncing_balls", "clean", "pendulum"]   # temp gone
 
 
 # --- Moving MNIST -----------------------------------------------------------------------------------
@@ -401,7 +460,7 @@ def test_load_errors_name_the_fix(tmp_path, two_datasets, monkeypatch):
     with pytest.raises(DatasetError, match=r"^dataset 'pendulum' not found at nowhere/pendulum; make it with: "
                                            r"python data_utils/generate_physics_data.py --dataset pendulum"):
         datasets.load_split("pendulum", root=tmp_path / "nowhere")
-    with pytest.raises(DatasetError, match="unknown dataset 'pendulm'; valid: moving_mnist, bouncing_balls"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'pendulm' \(did you mean pendulum\?\); valid: moving_mnist, "):
         datasets.load_split("pendulm")
     with pytest.raises(DatasetError, match="unknown split"):
         datasets.load_split("pendulum", "val", root=two_datasets)
@@ -419,7 +478,9 @@ def test_load_errors_name_the_fix(tmp_path, two_datasets, monkeypatch):
     np.save(bad / "pendulum" / "train.npy", good)
     blob = (bad / "pendulum" / "train.npy").read_bytes()
     (bad / "pendulum" / "train.npy").write_bytes(blob[: len(blob) // 2])  # truncated
-    with pytest.raises(DatasetError, match=r"corrupt or truncated.*delete .*pendulum and regenerate"):
+    with pytest.raises(DatasetError, match=r"corrupt or truncated.*; regenerate the dataset \(the new one replaces "
+                                           r"bad/pendulum\): python data_utils/generate_physics_data.py --dataset "
+                                           r"pendulum --out bad$"):
         datasets.load_split("pendulum", root=bad)
     (bad / "pendulum" / "train.npy").write_bytes(b"not a numpy file at all")
     with pytest.raises(DatasetError, match="corrupt or truncated"):
