@@ -61,14 +61,14 @@ def load_model(path: Path, device: torch.device):
     ckpt = utils.load_checkpoint(path)  # SystemExit with one line when missing / corrupt
     if "model_config" not in ckpt or "model" not in ckpt:
         raise SystemExit(f"error: {path} is not a world-model checkpoint (no 'model_config'/'model'); "
-                         f"pass the checkpoint written by training/train_sharp_v2.py")
+                         f"pass --checkpoint=checkpoints/<run>/latest.pt of a training script")
     try:
         model = SharpWorldModelV2(ModelConfig.from_checkpoint(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}); "
-                         f"was it written by an older version? retrain it") from None
+        raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}): it was written by another "
+                         f"version of this code; pass another --checkpoint or retrain it") from None
     return model.to(device).eval(), ckpt
 
 
@@ -98,7 +98,8 @@ def load_frames(cfg: dict, ckpt_config: dict):
     """-> (frames uint8 (N, T, H, W), description, the file they came from)."""
     try:
         if cfg["data"]:
-            frames = load_sequences(cfg["data"])
+            frames = load_sequences(cfg["data"], fix="pass --data=a uint8 (N, T, H, W) frames .npy, such as "
+                                                   "data/<dataset>/test.npy or recorded test_episodes.npy")
             name = cfg["data"]
         else:
             name = cfg["dataset"] or ckpt_config.get("dataset", "")
@@ -398,12 +399,16 @@ def main():
     device = utils.pick_device(cfg["device"])
     utils.seed_everything(cfg["seed"])
 
+    for key in ("out_dir", "json_path"):   # before any work: a folder that cannot be written
+        if cfg[key]:
+            utils.check_writable(Path(cfg[key]) if key == "out_dir" else Path(cfg[key]).parent, key)
     ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
     model, ckpt = load_model(ckpt_path, device)
     ckpt_config = ckpt.get("config") or {}
     run = ckpt_config.get("run") or "sharp_v2"
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "eval"
     json_path = Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "metrics.json"
+    utils.check_writable(out_dir, "out_dir")
 
     frames, data_name, source = load_frames(cfg, ckpt_config)
     states_path = source.with_name(f"{source.stem}_states.npz")

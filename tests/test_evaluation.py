@@ -198,54 +198,11 @@ def test_eval_sharp_long_rollout(tiny_setup, tmp_path):
     np.testing.assert_allclose(res["long"]["model"]["mse"][:3], res["model"]["mse"], rtol=1e-5)
 
 
-def _eval_in_process(monkeypatch, *args):
-    """Run eval_sharp.main() in this process (a subprocess costs ~4 s of torch import
-    per case); returns the SystemExit message."""
-    from evaluation import eval_sharp
-    monkeypatch.setattr(sys, "argv", ["eval_sharp.py", *args])
-    with pytest.raises(SystemExit) as exc:
-        eval_sharp.main()
-    msg = str(exc.value)
-    assert msg.startswith("error:") and "\n" not in msg, msg
-    return msg
-
-
 def test_eval_sharp_missing_checkpoint_is_one_line_on_stderr(tiny_setup, tmp_path):
+    """As a user sees it: one line on stderr. (Every bad input, in process: test_bad_inputs.py.)"""
     _, _, data = tiny_setup
     _assert_one_line_error(_run("evaluation/eval_sharp.py", f"--checkpoint={tmp_path / 'none.pt'}",
                                 f"--data={data}"), "not found")
-
-
-def test_eval_sharp_bad_checkpoints(tiny_setup, tmp_path, monkeypatch):
-    _, _, data = tiny_setup
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"not a checkpoint at all")
-    assert "not a readable checkpoint" in _eval_in_process(monkeypatch, f"--checkpoint={corrupt}", f"--data={data}")
-    other = tmp_path / "other.pt"
-    utils.save_checkpoint({"config": {}, "weights": torch.zeros(1)}, other)
-    assert "not a world-model checkpoint" in _eval_in_process(monkeypatch, f"--checkpoint={other}",
-                                                              f"--data={data}")
-    wrong = tmp_path / "wrong.pt"
-    model = SharpWorldModelV2(**TINY)
-    utils.save_checkpoint({"config": {}, "model_config": {**model.config.to_dict(), "hidden": 8},
-                           "model": model.state_dict()}, wrong)
-    assert "does not match" in _eval_in_process(monkeypatch, f"--checkpoint={wrong}", f"--data={data}")
-
-
-def test_eval_sharp_bad_data(tiny_setup, tmp_path, monkeypatch):
-    _, ckpt, _ = tiny_setup
-    cases = {"float.npy": np.zeros((2, 20, 64, 64), np.float32), "3d.npy": np.zeros((2, 64, 64), np.uint8),
-             "small.npy": np.zeros((2, 20, 32, 32), np.uint8), "short.npy": np.zeros((2, 12, 64, 64), np.uint8)}
-    for name, arr in cases.items():
-        np.save(tmp_path / name, arr)
-    (tmp_path / "text.npy").write_text("hello")
-    for name in (*cases, "text.npy", "missing.npy"):
-        _eval_in_process(monkeypatch, f"--checkpoint={ckpt}", f"--data={tmp_path / name}",
-                         f"--out_dir={tmp_path / 'o'}")
-    assert "32x32" in _eval_in_process(monkeypatch, f"--checkpoint={ckpt}", f"--data={tmp_path / 'small.npy'}")
-    assert "--frames 20" in _eval_in_process(monkeypatch, f"--checkpoint={ckpt}",
-                                              f"--data={tmp_path / 'short.npy'}")
-    assert not (tmp_path / "o").exists()   # nothing written on error
 
 
 def test_draw_architecture(tiny_setup, tmp_path):
