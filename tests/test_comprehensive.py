@@ -1,13 +1,13 @@
 """training/train_comprehensive.py end to end (tiny settings, three datasets): its tables
-and pictures, kill-and-resume equal to an uninterrupted run, and torchrun with two CPU
-processes (gloo) equal to one process on the same global batch."""
+and pictures, a run killed with SIGKILL and resumed equal to an uninterrupted one, and
+torchrun with two CPU processes (gloo) equal to one process on the same global batch."""
 import json
 import sys
 
 import pytest
 import torch
 
-from tests.scripts import run
+from tests.scripts import checkpoint_where, kill_when, run
 from training.loop import StepBatches
 
 NAMES = "bouncing_balls,pendulum,wave_motion"
@@ -71,9 +71,13 @@ def test_writes_tables_and_pictures_per_dataset(single):
     assert all((single / "checkpoints" / "one" / f"codes_{n}.npy").exists() for n in names)
 
 
-def test_kill_and_resume_matches_uninterrupted_run(data_root, single, tmp_path):
-    out = train(data_root, tmp_path, "killed", "--stop_after=6")   # in the dynamics phase
-    assert "--resume" in out.stdout
+def test_killed_and_resumed_ends_as_the_uninterrupted_run(data_root, single, tmp_path):
+    """SIGKILL in the dynamics phase (just after its first checkpoint), then --resume: the
+    weights equal those of the uninterrupted run."""
+    ckpt = tmp_path / "checkpoints" / "killed" / "latest.pt"
+    kill_when(["training/train_comprehensive.py", "--run=killed", f"--data_root={data_root}",
+               f"--out_root={tmp_path}", *TINY], checkpoint_where(ckpt, lambda c: c["phase"] == "dynamics"))
+    assert torch.load(ckpt, weights_only=True)["step"] < 4
     train(data_root, tmp_path, "killed", "--resume", "--physics_sequences=0")
     a, b = weights(single, "one"), weights(tmp_path, "killed")
     for k in a:
@@ -102,10 +106,7 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
     assert hist["tokenizer"] == [] and len(hist["dynamics"]) == 2
 
 
-def test_clear_errors():
-    from training.train_comprehensive import dataset_names
-    with pytest.raises(SystemExit, match="unknown dataset nosuch; use all or a comma-separated list"):
-        dataset_names("pendulum,nosuch")
+def test_batch_not_divisible_by_the_processes():
     with pytest.raises(SystemExit, match="divisible by the number of processes"):
         StepBatches(torch.ones(4), global_batch=3, steps=1, seed=0, rank=0, world=2)
 

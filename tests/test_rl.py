@@ -1,6 +1,6 @@
 """training/world_model_rl.py end to end as a subprocess with tiny settings: outputs, a
-killed run resumed to the same final state, --eval_only on the saved agent, eval_sharp.py
-on the action-conditioned model, and clear errors."""
+run killed with SIGKILL resumed to the same final state, --eval_only on the saved agent,
+eval_sharp.py on the action-conditioned model, and clear errors."""
 import json
 import shutil
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.scripts import run
+from tests.scripts import checkpoint_where, kill_when, run
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
@@ -48,12 +48,17 @@ def test_loop_writes_its_outputs(full):
 
 
 def test_killed_run_resumes_to_the_same_state(full, tmp_path):
-    out = rl(tmp_path, "killed", "--stop_after=1")
-    assert "--resume" in out.stdout
-    partial = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)
+    """SIGKILL (no clean-up runs) in iteration 2, just after the checkpoint of iteration 1,
+    then --resume: the final state is the uninterrupted run's."""
+    folder = tmp_path / "checkpoints" / "killed"
+    kill_when(["training/world_model_rl.py", "--run=killed", f"--out_root={tmp_path}", *TINY],
+              checkpoint_where(folder / "latest.pt", lambda c: c["iteration"] >= 1))
+    partial = torch.load(folder / "latest.pt", weights_only=True)
     assert partial["iteration"] == 1
-    # a replay file written after the last checkpoint (a kill mid-iteration) is rewritten
-    shutil.copy(tmp_path / "checkpoints" / "killed" / "replay_0.npz", tmp_path / "checkpoints" / "killed" / "replay_2.npz")
+    # a replay file written after the last checkpoint (a kill later in the iteration) is rewritten
+    stale = folder / f"replay_{partial['replay_chunks']}.npz"
+    if not stale.exists():
+        shutil.copy(folder / "replay_0.npz", stale)
     rl(tmp_path, "killed", "--resume")
     a = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
     b = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)

@@ -1,12 +1,13 @@
-"""training/train_sharp_v2.py end to end as a subprocess with tiny settings: outputs,
-kill-and-resume reproducing an uninterrupted run, and clear errors."""
+"""training/train_sharp_v2.py end to end as a subprocess with tiny settings: outputs, and a
+run killed with SIGKILL and resumed reproducing an uninterrupted one. (Its bad inputs are in
+tests/test_bad_inputs.py.)"""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.scripts import run
+from tests.scripts import checkpoint_where, kill_when, run
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1",
         "--tok_steps=6", "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=2", "--dyn_sequences=6",
@@ -26,18 +27,25 @@ def train(data_root, out_root, run_name, *extra, check=True):
                 f"--data_root={data_root}", f"--out_root={out_root}", *TINY, *extra], check=check)
 
 
-def test_train_writes_outputs(data_root, tmp_path):
-    train(data_root, tmp_path, "a")
-    res = tmp_path / "results" / "a"
+@pytest.fixture(scope="module")
+def full(data_root, tmp_path_factory):
+    """One uninterrupted run, shared by the tests of its outputs and of kill-and-resume."""
+    out = tmp_path_factory.mktemp("full")
+    train(data_root, out, "full")
+    return out
+
+
+def test_train_writes_outputs(data_root, full, tmp_path):
+    res = full / "results" / "full"
     for name in ("sharp_model_v2_result.png", "training_curves.png", "metrics.json", "config.json"):
         assert (res / name).stat().st_size > 0, name
     metrics = json.loads((res / "metrics.json").read_text())
     assert len(metrics["model"]["mse"]) == 4 and set(metrics["means"]) == {"model", "copy_last", "blank"}
-    ckpt = torch.load(tmp_path / "checkpoints" / "a" / "latest.pt", weights_only=True)
+    ckpt = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["config"]["hidden"] == 8 and ckpt["model_config"]["hidden"] == 8
     assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: layers only on Moving MNIST
     # The checkpoint is usable by the evaluation script.
-    run(["evaluation/eval_sharp.py", f"--checkpoint={tmp_path / 'checkpoints' / 'a' / 'latest.pt'}",
+    run(["evaluation/eval_sharp.py", f"--checkpoint={full / 'checkpoints' / 'full' / 'latest.pt'}",
          f"--data={data_root / 'bouncing_balls' / 'test.npy'}", "--context=4", "--horizon=4",
          "--num_sequences=2", "--batch_size=2", f"--out_dir={tmp_path / 'eval'}"])
     assert (tmp_path / "eval" / "autoregressive_rollout.png").exists()
@@ -61,37 +69,23 @@ def test_layers_mode_caches_the_cut_and_logs_position_error(data_root, tmp_path)
     assert (tmp_path / "results" / "lay" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("stop_after", [3, 8])  # killed in the tokenizer phase / in the dynamics phase
-def test_kill_and_resume_matches_uninterrupted_run(data_root, tmp_path, stop_after):
-    train(data_root, tmp_path, "full")
-    out = train(data_root, tmp_path, "killed", f"--stop_after={stop_after}")
-    assert "--resume" in out.stdout
-    partial = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)
-    assert partial["phase"] in ("tokenizer", "dynamics") and partial["phase"] != "done"
-    train(data_root, tmp_path, "killed", "--resume")
-    a = torch.load(tmp_path / "checkpoints" / "full" / "latest.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "checkpoints" / "killed" / "latest.pt", weights_only=True)["model"]
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+def test_killed_twice_and_resumed_ends_as_the_uninterrupted_run(data_root, full, tmp_path):
+    """SIGKILL (no clean-up runs) just after a checkpoint of the tokenizer phase, resume,
+    SIGKILL again in the dynamics phase, resume to the end: the weights are those of the
+    uninterrupted run with the same seed."""
+    ckpt = tmp_path / "checkpoints" / "killed" / "latest.pt"
 
-
-def test_clear_errors(data_root, tmp_path):
-    proc = train(tmp_path / "nowhere", tmp_path, "x", check=False)
-    assert proc.returncode != 0 and "generate_physics_data.py --dataset bouncing_balls" in proc.stderr
-
-
-
-def test_clear_errors_in_process(data_root, tmp_path, monkeypatch):
-    """The same checks without a subprocess each (they fail before any training)."""
-    import sys
-
-    from training import train_sharp_v2
-    common = ["train_sharp_v2.py", "--run=x", "--dataset=bouncing_balls", f"--data_root={data_root}",
-              f"--out_root={tmp_path}", *TINY]
-    monkeypatch.setattr(sys, "argv", [*common, "--hiden=3"])
-    with pytest.raises(SystemExit, match="did you mean --hidden"):
-        train_sharp_v2.main()
-    monkeypatch.setattr(sys, "argv", [*common, "--resume"])
-    with pytest.raises(SystemExit, match="drop --resume"):
-        train_sharp_v2.main()
-    assert not (tmp_path / "checkpoints" / "x" / "latest.pt").exists()
+    def args(*extra):
+        return ["training/train_sharp_v2.py", "--run=killed", "--dataset=bouncing_balls", f"--data_root={data_root}",
+                f"--out_root={tmp_path}", *TINY, *extra]
+    kill_when(args(), checkpoint_where(ckpt, lambda c: True))
+    assert torch.load(ckpt, weights_only=True)["phase"] == "tokenizer"
+    kill_when(args("--resume"), checkpoint_where(ckpt, lambda c: c["phase"] == "dynamics"))
+    assert torch.load(ckpt, weights_only=True)["phase"] == "dynamics"
+    run(args("--resume"))
+    a = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert b["phase"] == "done"
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["loss"] for h in a["history"]["dynamics"]] == [h["loss"] for h in b["history"]["dynamics"]]

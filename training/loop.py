@@ -42,10 +42,6 @@ from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 PHASES = ("tokenizer", "codes", "dynamics", "done")
 
 
-class Interrupted(Exception):
-    """Raised by --stop_after to imitate a killed run."""
-
-
 # ----------------------------------------------------------------------------------------
 # Processes, folders, resume
 # ----------------------------------------------------------------------------------------
@@ -97,10 +93,11 @@ class Run:
             if not self.ckpt_path.exists():
                 raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
                                  f"drop --resume to start fresh")
-            self.state = utils.load_checkpoint(self.ckpt_path, map_location="cpu")
+            self.state = utils.load_checkpoint(self.ckpt_path, map_location="cpu", fix="start a new --run=NAME")
             if self.state.get("phase") not in PHASES or "model" not in self.state:
                 raise SystemExit(f"error: {self.ckpt_path} is not a world-model training checkpoint; "
                                  f"use another --run")
+            check_same_model(cfg, self.state, self.ckpt_path)
         elif self.ckpt_path.exists():
             raise SystemExit(f"error: {self.ckpt_path} exists; pass --resume to continue it or --run=NAME "
                              f"for a new run")
@@ -111,6 +108,7 @@ class Run:
             except OSError as exc:
                 raise SystemExit(f"error: cannot write {self.out_dir} or {self.ckpt_dir} ({exc.strerror}); "
                                  f"pass a writable --out_root") from None
+            utils.remove_stale_temps(self.ckpt_dir)   # left by a run killed while writing a file
             utils.save_json(cfg, self.out_dir / "config.json")
 
     def barrier(self):
@@ -120,6 +118,17 @@ class Run:
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_same_model(cfg: dict, state: dict, path: Path):
+    """A run resumes with the model settings it was trained with: otherwise one line naming
+    them, before anything (results/<run>/config.json included) is written."""
+    theirs = state.get("model_config") or {}
+    differ = [k for k in theirs if k != "image_size" and k in cfg and cfg[k] != theirs[k]]
+    if differ:
+        raise SystemExit(f"error: {path} was trained with " + " ".join(f"--{k}={theirs[k]}" for k in differ)
+                         + ", not " + " ".join(f"--{k}={cfg[k]}" for k in differ)
+                         + "; resume with its settings or start a new --run=NAME")
 
 
 def save_state(run: Run, cfg, model, opt, phase, step, history):
@@ -223,9 +232,12 @@ def check_finite(value: float, what: str, phase: str, step: int, run: Run):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         bad = bool(flag.item())
     if bad:
-        raise SystemExit(f"error: the {phase} {what} became non-finite at step {step}; the last checkpoint "
-                         f"({run.ckpt_path}) was saved before it - lower the learning rate (--tok_lr / "
-                         f"--dyn_lr) and rerun with --resume")
+        if run.ckpt_path.exists():
+            saved = (f"the last checkpoint ({run.ckpt_path}) was saved before it - lower the learning rate "
+                     f"(--tok_lr / --dyn_lr) and rerun with --resume")
+        else:
+            saved = "no checkpoint was saved yet - lower the learning rate (--tok_lr / --dyn_lr) and rerun"
+        raise SystemExit(f"error: the {phase} {what} became non-finite at step {step}; {saved}")
 
 
 def schedule(opt, lr: float, steps: int):
@@ -238,7 +250,7 @@ def schedule(opt, lr: float, steps: int):
 
 
 def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
-             postfix, counter: list):
+             postfix):
     """AdamW + one-cycle LR over `steps`, bf16 autocast, gradient clipping, NaN stop,
     atomic checkpoints every ckpt_every steps, resume from the checkpoint's step.
     loader_for(start) -> iterable of batches from step `start`; loss_fn(batch, step) ->
@@ -279,9 +291,6 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
             bar.set_postfix(**postfix(logs))
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(run, cfg, model, opt, phase, step + 1, run.history)
-        counter[0] += 1
-        if cfg["stop_after"] and counter[0] >= cfg["stop_after"]:
-            raise Interrupted
     bar.close()
 
 
@@ -304,7 +313,7 @@ def build_model(cfg: dict, image_size: int, run: Run) -> SharpWorldModelV2:
 def load_tokenizer(model, path: Path, verbose: bool = True):
     """Start from the tokenizer of another run (skipping the tokenizer phase): its
     tokenizer settings must be these."""
-    ckpt = utils.load_checkpoint(path)
+    ckpt = utils.load_checkpoint(path, fix="pass another --init_tokenizer or drop it")
     if ckpt.get("phase") not in ("codes", "dynamics", "done") or "model" not in ckpt:
         raise SystemExit(f"error: {path} holds no finished tokenizer (phase {ckpt.get('phase')!r}); finish that "
                          f"run first (--resume) or drop --init_tokenizer")
@@ -326,7 +335,7 @@ def ddp(module, run: Run):
     return DDP(module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
 
-def train_tokenizer(cfg, run, model, windows, counter):
+def train_tokenizer(cfg, run, model, windows):
     """Phase 1: reconstruct single frames drawn evenly over the datasets."""
     model.train()
     wrapped = ddp(model.tokenizer, run)
@@ -346,16 +355,16 @@ def train_tokenizer(cfg, run, model, windows, counter):
 
     optimise(cfg, run, model, "tokenizer", model.tokenizer.parameters(), cfg["tok_lr"], cfg["tok_steps"],
              loader_for, loss_fn,
-             lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"),
-             counter)
+             lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"))
     save_state(run, cfg, model, None, "codes", 0, run.history)
 
 
 @torch.no_grad()
-def cache_clips(cfg, run, model, windows, per_dataset: int) -> dict[str, list]:
+def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True) -> dict[str, list]:
     """Phase 2: tokens of the first `per_dataset` training clips of each dataset, computed
     once by rank 0 and stored beside the checkpoint: codes_<name>.npy (N, T, h, w) int16;
-    for predict=layers also layers_<name>.npz (`layers.cut`)."""
+    for predict=layers also layers_<name>.npz (`layers.cut`). reuse=False (a tokenizer made
+    in this invocation): codes found there are of another tokenizer and are rewritten."""
     model.eval()
     out = {"codes": []}
     cut = cfg["predict"] == "layers"
@@ -365,7 +374,7 @@ def cache_clips(cfg, run, model, windows, per_dataset: int) -> dict[str, list]:
         n = min(windows.sizes[k], per_dataset or windows.sizes[k])
         path = run.ckpt_dir / f"codes_{name}.npy"
         cut_path = run.ckpt_dir / f"layers_{name}.npz"
-        if run.main and not _cached(path, n, windows.length):
+        if run.main and not (reuse and _cached(path, n, windows.length)):
             _write_codes(cfg, run, model, windows, k, n, path)
         if run.main and cut and not _cut_cached(cut_path, n, windows.length, cfg):
             _write_cut(cfg, run, windows, k, n, cut_path)
@@ -435,7 +444,7 @@ def _write_cut(cfg, run, windows, k, n, path):
             np.savez(f, **out)
 
 
-def train_dynamics(cfg, run, model, windows, cached, counter):
+def train_dynamics(cfg, run, model, windows, cached):
     """Phase 3: unrolled dynamics training on cached tokens, tokenizer frozen."""
     if cfg["dyn_steps"] == 0:
         save_state(run, cfg, model, None, "done", 0, run.history)
@@ -467,35 +476,35 @@ def train_dynamics(cfg, run, model, windows, cached, counter):
                     mse_last=f"{future[-1]:.0f}", **extra)
 
     optimise(cfg, run, model, "dynamics", model.dynamics.parameters(), cfg["dyn_lr"], cfg["dyn_steps"],
-             loader_for, loss_fn, postfix, counter)
+             loader_for, loss_fn, postfix)
     save_state(run, cfg, model, None, "done", cfg["dyn_steps"], run.history)
 
 
 def train_world_model(cfg: dict, run: Run, names: list[str]):
     """All three phases, resuming where the checkpoint stopped. Returns (model, train
-    windows, wall seconds per phase of this invocation); raises Interrupted on
-    --stop_after."""
+    windows, wall seconds per phase of this invocation)."""
     utils.seed_everything(cfg["seed"])
     windows = open_windows(cfg, names)
     model = build_model(cfg, windows.frame_shape[-1], run)
     phase = run.state["phase"] if run.state else "tokenizer"
     if run.state is not None and run.main:
         print(f"resuming from {run.ckpt_path}: phase {phase}, step {run.state['step']}")
-    counter, times, t0 = [0], {}, time.time()
+    times, t0 = {}, time.time()
+    new_tokenizer = phase == "tokenizer"
     if phase == "tokenizer" and cfg.get("init_tokenizer"):
         load_tokenizer(model, Path(cfg["init_tokenizer"]), run.main)
         save_state(run, cfg, model, None, "codes", 0, run.history)
         phase = "codes"
     if phase == "tokenizer":
-        train_tokenizer(cfg, run, model, windows, counter)
+        train_tokenizer(cfg, run, model, windows)
         run.state, phase = None, "codes"
     times["tokenizer_s"] = time.time() - t0
     if phase in ("codes", "dynamics"):
-        cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"])
+        cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"], reuse=not new_tokenizer)
         times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
         if phase == "codes":
             run.state = None
-        train_dynamics(cfg, run, model, windows, cached, counter)
+        train_dynamics(cfg, run, model, windows, cached)
     times.setdefault("codes_s", 0.0)
     times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
     check_in_sync(model, run)

@@ -36,10 +36,7 @@ import utils  # noqa: E402  (first: CPU tuning before torch starts its thread po
 import numpy as np  # noqa: E402
 
 from data_utils.datasets import DatasetError, load_sequences, load_split, parse_names  # noqa: E402
-from evaluation import eval_physics, eval_sharp  # noqa: E402
-from evaluation import metrics as M  # noqa: E402
-from evaluation.positions import READER  # noqa: E402
-from training.loop import Interrupted, Run, plot_history, train_world_model  # noqa: E402
+from training.loop import Run, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
 CONFIG = dict(
@@ -82,7 +79,6 @@ CONFIG = dict(
     log_every=25,
     ckpt_every=100,
     out_root="",               # '' = the repo
-    stop_after=0,              # > 0: stop after this many optimiser steps, as a kill would (tests resume)
 )
 
 
@@ -98,6 +94,10 @@ def dataset_names(spec: str) -> list[str]:
 # ----------------------------------------------------------------------------------------
 def evaluate_all(cfg, model, names, device):
     """eval_sharp.evaluate on each dataset's test clips -> {name: {'short': ..., 'means': ...}}."""
+    from evaluation import eval_sharp
+    from evaluation import metrics as M
+    from evaluation.positions import READER
+
     out = {}
     root = cfg["data_root"] or None
     for name in names:
@@ -120,6 +120,8 @@ def evaluate_all(cfg, model, names, device):
 def long_examples(cfg, model, name, device):
     """The first `examples` clips of <long_data_root>/<name>/test.npy rolled out for
     long_horizon steps, or, without those files, of the 20-frame test split."""
+    from evaluation import eval_sharp
+
     root = Path(cfg["long_data_root"]) if cfg["long_data_root"] else \
         (Path(cfg["data_root"]) if cfg["data_root"] else utils.REPO_ROOT / "data") / "frames40"
     ctx, want = cfg["context"], cfg["long_horizon"]
@@ -206,18 +208,16 @@ def main():
     if cfg["predict"] not in PREDICT_MODES:
         raise SystemExit(f"error: --predict must be one of {', '.join(PREDICT_MODES)}, got '{cfg['predict']}'")
     run = Run(cfg)
-    try:
-        model, _, times = train_world_model(cfg, run, names)
-    except Interrupted:
-        if run.main:
-            print("stopped after --stop_after steps; continue with --resume")
-        run.close()
-        return
+    model, _, times = train_world_model(cfg, run, names)
     if run.main:
         plot_history(run.history, run.out_dir / "training_curves.png")
     if not run.main or cfg["eval_sequences"] == 0:
         run.close()
         return
+    # Imported only now: torchmetrics alone takes seconds to import, which a run that stops
+    # with an error (or is killed) before it evaluates should not wait for.
+    from evaluation import eval_physics, eval_sharp
+
     t0 = time.time()
     print(f"evaluating on {len(names)} datasets ({cfg['context']} -> rest of the clip, "
           f"up to {cfg['eval_sequences']} test clips each)")

@@ -21,10 +21,8 @@ import utils  # noqa: E402  (first: CPU tuning before torch starts its thread po
 
 import torch  # noqa: E402
 
-from data_utils.datasets import load_split  # noqa: E402
-from evaluation import eval_sharp  # noqa: E402
-from evaluation.metrics import summarize  # noqa: E402
-from training.loop import Interrupted, Run, plot_history, train_world_model  # noqa: E402
+from data_utils.datasets import DatasetError, dataset_command, load_split  # noqa: E402
+from training.loop import Run, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
 CONFIG = dict(
@@ -63,7 +61,6 @@ CONFIG = dict(
     log_every=25,
     ckpt_every=100,            # steps between checkpoints (each phase)
     out_root="",               # '' = the repo: checkpoints/<run>/ and results/<run>/ go under it
-    stop_after=0,              # > 0: stop after this many optimiser steps, as a kill would (tests resume)
 )
 
 
@@ -71,6 +68,11 @@ def evaluate(cfg, model, test, device):
     """10 -> 10 prediction on the first eval_sequences test clips (eval_sharp.evaluate,
     the same function the evaluation script runs) and the tokenizer's reconstruction of
     the same frames; the first three clips are kept as examples."""
+    # Imported here, after training: torchmetrics alone takes seconds to import, which a run
+    # that stops with an error (or is killed) before it evaluates should not wait for.
+    from evaluation import eval_sharp
+    from evaluation.metrics import summarize
+
     test = test[:min(cfg["eval_sequences"], test.shape[0])]
     ctx = cfg["context"]
     ev = eval_sharp.evaluate(model, test, device, ctx, test.shape[1] - ctx, batch_size=32,
@@ -127,18 +129,16 @@ def resolve_predict(predict: str, dataset: str) -> str:
 
 def main():
     cfg = utils.parse_overrides(CONFIG)
+    try:
+        dataset_command(cfg["dataset"])   # checks the name
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}; pass one of them as --dataset=NAME") from None
     cfg["predict"] = resolve_predict(cfg["predict"], cfg["dataset"])
     if cfg["predict"] not in PREDICT_MODES:
         raise SystemExit(f"error: --predict must be auto or one of {', '.join(PREDICT_MODES)}, "
                          f"got '{cfg['predict']}'")
     run = Run(cfg)
-    try:
-        model, _, times = train_world_model(cfg, run, [cfg["dataset"]])
-    except Interrupted:
-        if run.main:
-            print("stopped after --stop_after steps; continue with --resume")
-        run.close()
-        return
+    model, _, times = train_world_model(cfg, run, [cfg["dataset"]])
     if not run.main:   # under torchrun, rank 0 alone evaluates and writes
         run.close()
         return
