@@ -22,6 +22,7 @@ import torch
 
 import utils
 from data_utils import generate
+from tests.scripts import run
 from training.world_model import SharpWorldModelV2
 
 MODEL = dict(channels=16, code_dim=8, num_codes=16, hidden=8, layers=1)
@@ -318,3 +319,14 @@ def test_the_table_covers_the_issue_list():
               "unknown hyperparameter", "ill-typed hyperparameter", "NaN loss", "unwritable output folder",
               "full disk during a checkpoint write", "--data: too few frames", "--data: a states file"]
     assert set(listed) <= set(ROWS) and len(ROWS) >= 12
+
+
+def test_as_a_user_sees_it_one_line_on_stderr(tmp_path):
+    """The rows above run in process; as a user runs a script: exit status 1, the message
+    alone on stderr, nothing written (train_sharp_v2.py imports no evaluation modules before
+    training, so this subprocess is quick)."""
+    proc = run(["training/train_sharp_v2.py", "--dataset=pendulm", f"--out_root={tmp_path}"], check=False)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    assert proc.stderr.startswith("error: unknown dataset 'pendulm' (did you mean pendulum?)")
+    assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("--dataset=NAME\n"), proc.stderr
+    assert not any(tmp_path.iterdir())
