@@ -145,7 +145,7 @@ def payload_refused(w, t):
 # ----------------------------------------------------------------------------------------
 @dataclass
 class Row:
-    script: str                       # train_sharp_v2 | train_comprehensive | eval_sharp | world_model_rl
+    script: str                       # a module of training/ or evaluation/ with a main()
     args: Callable                    # (w, t) -> arguments after the script's common ones
     expect: tuple                     # fragments of the message
     setup: Callable | None = None     # (w, t, monkeypatch): files to put in place, patches
@@ -241,6 +241,12 @@ ROWS = {
     "pickle payload (--init_tokenizer)": Row("train_sharp_v2", lambda w, t: [
         *train(w, t), f"--init_tokenizer={w.root / 'payload.pt'}"],
         ("refused (weights_only=True)", "--init_tokenizer"), after=payload_refused),
+    "pickle payload (physics)": Row("eval_physics", lambda w, t: [
+        f"--checkpoint={w.root / 'payload.pt'}", "--dataset=bouncing_balls", f"--out_dir={t}", "--device=cpu"],
+        ("refused (weights_only=True)", "--checkpoint"), after=payload_refused),
+    "pickle payload (diagram)": Row("draw_architecture", lambda w, t: [
+        f"--checkpoint={w.root / 'payload.pt'}", f"--out_dir={t}"],
+        ("refused (weights_only=True)", "--checkpoint"), after=payload_refused),
     "pickle payload (agent --eval_only)": Row("world_model_rl", lambda w, t: [
         "--eval_only", f"--checkpoint={w.root / 'payload.pt'}", "--device=cpu"],
         ("refused (weights_only=True)", "--checkpoint"), after=payload_refused),
@@ -278,11 +284,8 @@ def snapshot(*folders) -> dict:
 
 
 def script_main(name):
-    if name == "eval_sharp":
-        from evaluation import eval_sharp as module
-    else:
-        module = __import__(f"training.{name}", fromlist=["main"])
-    return module.main
+    package = "evaluation" if name in ("eval_sharp", "eval_physics", "draw_architecture") else "training"
+    return __import__(f"{package}.{name}", fromlist=["main"]).main
 
 
 @pytest.mark.parametrize("case", ROWS)
