@@ -300,6 +300,26 @@ def random_act_fn(seed: int):
     return lambda obs, info: random_policy(rng, len(obs))
 
 
+def held_random_act_fn(seed: int, mean_hold: float = 8.0):
+    """An act_fn for exploration: uniform actions, each held for a geometric number of
+    frames (mean `mean_hold`; each environment redraws with probability 1 / mean_hold
+    per frame). Independent actions every frame average out: the ball's speed stays near
+    0.6 px/frame, far below the 3.3 px/frame a purposeful push reaches, so a world model
+    trained on them never sees a fast ball or a bounce. Temporally correlated noise
+    covers the reachable speeds (Eberhard et al. 2023, "Pink noise is all you need")."""
+    rng = np.random.default_rng(seed)
+    held = None
+
+    def act(obs, info):
+        nonlocal held
+        if info["step"] == 0 or held is None:
+            held = random_policy(rng, len(obs))
+        redraw = rng.random(len(obs)) < 1.0 / mean_hold
+        held = np.where(redraw[:, None], random_policy(rng, len(obs)), held)
+        return held.copy()
+    return act
+
+
 def reference_act_fn(obs, info):
     return reference_policy(info)
 

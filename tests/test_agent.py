@@ -1,6 +1,6 @@
 """training/agent.py: lambda-returns on a hand-computed example, the percentile return
-normaliser, the bounded actor, the slow critic, checkpointing, and REINFORCE learning a
-contextual bandit in a fake imagination."""
+normaliser, the bounded actor, the slow critic, checkpointing, and both actor gradients
+(REINFORCE, pathwise) learning a contextual bandit in a fake imagination."""
 import io
 import math
 
@@ -129,9 +129,11 @@ def test_agent_update_logs_and_checkpoint_roundtrip():
     torch.testing.assert_close(twin.critic(z), agent.critic(z))
 
 
-def test_reinforce_learns_a_contextual_bandit_in_imagination():
-    """Each imagined step shows a fresh random latent z; the reward is -|a - W z|^2. The policy's
-    greedy action must move from its random start to near the target W z."""
+@pytest.mark.parametrize("actor_grad", ["reinforce", "dynamics"])
+def test_actor_learns_a_contextual_bandit_in_imagination(actor_grad):
+    """Each imagined step shows a fresh random latent z; the reward is -|a - W z|^2 (a
+    differentiable model, so both actor gradients apply). The policy's greedy action must
+    move from its random start to near the target W z."""
     torch.manual_seed(0)
     F_, A, B, H = 6, 2, 128, 3
     W = 0.25 * torch.randn(A, F_)                                  # targets mostly inside [-1, 1]
@@ -141,7 +143,7 @@ def test_reinforce_learns_a_contextual_bandit_in_imagination():
         z = torch.randn_like(z)
         return z, z, r, torch.ones(z.shape[0])
 
-    cfg = AgentConfig(latent_dim=F_, action_dim=A, units=64, horizon=H, actor_lr=1e-3)
+    cfg = AgentConfig(latent_dim=F_, action_dim=A, units=64, horizon=H, actor_lr=1e-3, actor_grad=actor_grad)
     agent = Agent(cfg)
     z_test = torch.randn(1024, F_)
     target = (z_test @ W.T).clamp(-1, 1)
@@ -152,7 +154,7 @@ def test_reinforce_learns_a_contextual_bandit_in_imagination():
     err0 = greedy_err()
     for i in range(300):
         z = torch.randn(B, F_)
-        logs = agent.update(*imagine(agent.actor, step, z, z, H))
+        logs = agent.update(*imagine(agent.actor, step, z, z, H, grad=actor_grad == "dynamics"))
     err1 = greedy_err()
     print(f"bandit: greedy squared error {err0:.3f} -> {err1:.3f}; last logs {logs}")
     assert err1 < 0.2 * err0 and err1 < 0.1

@@ -3,10 +3,11 @@
 Follows DreamerV3 (Hafner et al. 2023, "Mastering Diverse Domains through World Models") in
 spirit: lambda-returns (eq. 7), a critic regressed onto them with a slow (EMA) critic as a
 regulariser (eq. 8 and "Critic learning"), returns normalised by the 5th-95th percentile range
-(eq. 11-12, "Robust predictions"/"Actor learning"), and a REINFORCE actor with an entropy bonus
-(eq. 11). Differences, on purpose: the critic is a plain MSE regression (no symlog two-hot), the
-actions are continuous and bounded (a Normal with tanh-squashed mean, clipped by the
-environment), and the optimiser is Adam.
+(eq. 11-12, "Robust predictions"/"Actor learning"), and an entropy bonus (eq. 11). Differences,
+on purpose: the actor's gradient is by default the pathwise one of Dreamer V1 (backpropagation
+through the imagined dynamics; REINFORCE, DreamerV3's, is the other choice: see `actor_loss`),
+the critic is a plain MSE regression (no symlog two-hot), the actions are continuous and
+bounded (a Normal with tanh-squashed mean, clipped by the environment), and the optimiser is Adam.
 
 Pure torch: nothing else from the project is imported, so the world model, the environment
 loop and this file never import each other.
@@ -29,7 +30,8 @@ Usage sketch::
 
     # training in imagination; `step(state, action) -> (next_state, latent, reward, cont)`
     # wraps the world model (action in [-1, 1]; latent (B, F), reward and cont (B,))
-    latents, actions, rewards, continues = imagine(agent.actor, step, state, latent, cfg.horizon)
+    latents, actions, rewards, continues = imagine(agent.actor, step, state, latent, cfg.horizon,
+                                                   grad=cfg.actor_grad == "dynamics")
     logs = agent.update(latents, actions, rewards, continues)
     # logs: {'pol', 'val', 'ent', 'ret', 'imag_return', 'scale', 'adv_mean'} as floats
 
@@ -224,28 +226,41 @@ def _weighted_mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tenso
 
 def actor_loss(actor: Actor, latents: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor,
                values: torch.Tensor, norm: ReturnNorm, entropy_coef: float = 3e-4,
-               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """REINFORCE with normalised advantages and an entropy bonus, DreamerV3 eq. 11:
+               weights: torch.Tensor | None = None, grad: str = "dynamics") -> tuple[torch.Tensor, dict]:
+    """The actor's loss on one imagined batch, normalised by the return scale S and with an
+    entropy bonus (DreamerV3 eq. 11), by one of two gradients (`grad`):
 
-        L = -E_w[ log pi(a|s) sg((R - v(s)) / S) ] - eta E_w[ H[pi(.|s)] ]
+      "dynamics"   L = -E_w[ R / S ] - eta E_w[ H[pi(.|s)] ]
+                   the pathwise gradient of Dreamer V1 (Hafner et al. 2020, eq. 9): `returns`
+                   carry the graph through the world model back to the reparameterised
+                   actions, so each action is pushed along d(return)/d(action).
+      "reinforce"  L = -E_w[ log pi(a|s) sg((R - v(s)) / S) ] - eta E_w[ H[pi(.|s)] ]
+                   (DreamerV3), needing only the log-probabilities of the actions taken.
 
-    latents (B, H, F) (detached by the caller or here), actions (B, H, A) the unclipped samples,
-    returns and values (B, H), weights (B, H) or None. `norm` must already have seen these
-    returns (Agent.update calls norm.update first); it is not updated here.
+    latents (B, H, F), actions (B, H, A) the unclipped samples, returns and values (B, H),
+    weights (B, H) or None. `norm` must already have seen these returns.
 
-    Why REINFORCE and not backpropagation through the dynamics (Dreamer V1/V2's pathwise
-    gradient): this project's world model snaps every imagined frame to its codebook (an argmin,
-    which has no gradient), so a pathwise gradient through ~15 imagined steps would need a
-    straight-through estimator at every snap, biased and compounding over the horizon.
-    REINFORCE needs only the log-probabilities of the actions actually taken, is unbiased, and
-    the critic baseline plus the return normalisation keep its variance manageable.
+    Why "dynamics" is the default here: a REINFORCE update's signal is the covariance of one
+    action with the return, and in PushBall one push moves the ball by a fraction of a pixel
+    while the other 14 random pushes and the critic's error move the return by far more; the
+    few hundred updates a CPU run affords leave it at noise (measured in docs/experiments.md).
+    The pathwise gradient reads the effect of every action directly. Its price: the world
+    model snaps each imagined frame to its codebook, so the gradient passes a straight-through
+    estimator at every step (training/dynamics.py MotionField.advance): biased, but pointing
+    the right way, and the backward pass costs about 1.5 forward passes.
     """
-    dist = actor.dist(latents.detach())
-    logp = dist.log_prob(actions.detach())                          # (B, H)
-    ent = dist.entropy()                                            # (B, H)
     scale = norm.scale().detach()
-    adv = ((returns - values) / scale).detach()
-    loss = -_weighted_mean(logp * adv + entropy_coef * ent, weights)
+    dist = actor.dist(latents.detach())
+    ent = dist.entropy()                                            # (B, H)
+    if grad == "dynamics":
+        objective = returns / scale
+        adv = (returns - values).detach() / scale
+    elif grad == "reinforce":
+        adv = ((returns - values) / scale).detach()
+        objective = dist.log_prob(actions.detach()) * adv           # (B, H)
+    else:
+        raise ValueError(f"actor gradient must be 'dynamics' or 'reinforce', got {grad!r}")
+    loss = -_weighted_mean(objective + entropy_coef * ent, weights)
     logs = {"pol": loss.item(), "ent": ent.mean().item(), "adv_mean": adv.mean().item(),
             "scale": scale.item()}
     return loss, logs
@@ -255,8 +270,7 @@ def actor_loss(actor: Actor, latents: torch.Tensor, actions: torch.Tensor, retur
 # imagination and the agent
 # --------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: int):
+def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: int, grad: bool = False):
     """Roll the policy through a model for `horizon` steps from a start state and its
     latent (B, F).
 
@@ -264,12 +278,15 @@ def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: 
     cont (B,)); the state is whatever the model keeps (a dict of tensors for
     SharpWorldModelV2). Returns latents (B, H+1, F), actions (B, H, A) unclipped, rewards
     (B, H), continues (B, H), the layout that `Agent.update` and `lambda_returns` take.
-    No gradient flows (REINFORCE).
+    grad=False: no graph (REINFORCE). grad=True: reparameterised samples and the graph
+    through `step` kept, for the pathwise actor gradient (the start state is detached).
     """
+    latent = latent.detach()
     zs, acts, rews, conts = [latent], [], [], []
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for _ in range(horizon):
-            a = actor.dist(latent).sample()
+            dist = actor.dist(latent)
+            a = dist.rsample() if grad else dist.sample()
             state, latent, r, c = step(state, a.clamp(-1.0, 1.0))
             zs.append(latent)
             acts.append(a)
@@ -287,6 +304,7 @@ class AgentConfig:
     gamma: float = 0.99          # DESIGN.md: "a discount near 0.99" (DreamerV3: 1 - 1/333)
     lam: float = 0.95            # lambda of the returns (DreamerV3: 0.95)
     entropy: float = 3e-4        # eta (DreamerV3: 3e-4, meaningful because advantages are normalised)
+    actor_grad: str = "dynamics"  # "dynamics" (pathwise, Dreamer V1) or "reinforce" (DreamerV3); actor_loss
     actor_lr: float = 3e-4       # Adam; DreamerV3: 3e-5 for both, with far larger nets and batches
     critic_lr: float = 1e-3      # the critic tracks moving returns and is the actor's baseline
     slow_decay: float = 0.98     # slow critic EMA (DreamerV3: 0.98 per update)
@@ -322,27 +340,32 @@ class Agent(nn.Module):
                continues: torch.Tensor) -> dict:
         """One actor and one critic step on imagination; layout in the module docstring.
 
-        latents (B, H+1, F), actions (B, H, A) unclipped, rewards (B, H), continues (B, H).
-        The returns bootstrap from the ONLINE critic (as DreamerV3 does; the slow critic only
-        regularises the critic's loss), computed without gradient.
+        latents (B, H+1, F), actions (B, H, A) unclipped, rewards (B, H), continues (B, H);
+        with actor_grad="dynamics" they carry the graph of `imagine(..., grad=True)`. The
+        returns bootstrap from the ONLINE critic (as DreamerV3 does; the slow critic only
+        regularises the critic's loss); the critic learns from them detached.
         """
         c = self.config
-        latents, actions = latents.detach(), actions.detach()
-        rewards, continues = rewards.detach().float(), continues.detach().float()
-        with torch.no_grad():
+        pathwise = c.actor_grad == "dynamics"
+        if not pathwise:
+            latents, actions, rewards, continues = latents.detach(), actions.detach(), rewards.detach(), continues.detach()
+        rewards, continues = rewards.float(), continues.float()
+        self.critic.requires_grad_(False)                           # the actor's loss must not train the critic
+        with torch.set_grad_enabled(pathwise):
             values = self.critic(latents)                           # (B, H+1)
             returns = lambda_returns(rewards, values, continues, c.gamma, c.lam)  # (B, H)
-            weights = discount_weights(continues, c.gamma)          # (B, H)
+        self.critic.net.requires_grad_(True)
+        weights = discount_weights(continues.detach(), c.gamma)     # (B, H)
         self.norm.update(returns)
 
         pol, logs = actor_loss(self.actor, latents[:, :-1], actions, returns, values[:, :-1],
-                               self.norm, c.entropy, weights)
+                               self.norm, c.entropy, weights, c.actor_grad)
         self.actor_opt.zero_grad(set_to_none=True)
         pol.backward()
         nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
         self.actor_opt.step()
 
-        val = self.critic.loss(latents[:, :-1], returns, weights, c.slow_reg)
+        val = self.critic.loss(latents[:, :-1].detach(), returns.detach(), weights, c.slow_reg)
         self.critic_opt.zero_grad(set_to_none=True)
         val.backward()
         nn.utils.clip_grad_norm_(self.critic.online_parameters(), c.grad_clip)

@@ -166,6 +166,13 @@ class MotionField(FrameUnit):
         size = state["anchor"].shape[-1]
         state["motion"] = motion.compose(state["motion"], d, size)       # (B, 2, H, W)
         warped = motion.warp(state["anchor"], state["motion"]).clamp(0, 1)
+        if sample and torch.is_grad_enabled():
+            # An imagined step with gradients on (the agent's pathwise actor gradient,
+            # training/agent.py): re-tokenise with a straight-through snap, so the next
+            # input carries d(embedding)/d(warped frame) and so d/d(action).
+            z = model.tokenizer.encode_latent(warped).float()
+            codes = model.snap(z)
+            return warped, z + (model.embed(codes) - z).detach(), codes
         with torch.no_grad():
             codes = model.encode(warped)
         # The loss sees the warped frame itself (re-tokenising is near-identity and has

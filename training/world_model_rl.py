@@ -48,10 +48,10 @@ CONFIG = dict(
     seed=0,
     bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
     resume=False,              # continue from checkpoints/<run>/latest.pt
-    stop_after=0,              # tests: stop after this many iterations of this invocation
     # --- environment -------------------------------------------------------------------
     episode_steps=50,          # PushBall steps per episode (fixed length)
     seed_episodes=64,          # random-action episodes before the first iteration
+    explore_hold=8.0,          # seed episodes hold each random action this many frames on average (envs.held_random_act_fn)
     episodes_per_iter=8,       # episodes collected with the policy each iteration
     test_episodes=32,          # held-out episodes (half random, half reference) for the reward error
     # --- world model (training/world_model.py ModelConfig) -------------------------------
@@ -60,18 +60,19 @@ CONFIG = dict(
     tok_batch=64,
     tok_lr=2e-3,
     wm_pretrain=100,           # world-model steps on the seed episodes before the first iteration
-    wm_steps=8,                # world-model steps per iteration
+    wm_steps=6,                # world-model steps per iteration
     wm_batch=16,               # windows per step
     wm_window=17,              # frames per window: `context` observed, the rest free-running
     context=2,                 # observed frames per window (two give the velocity)
-    wm_lr=1e-3,
+    wm_lr=2e-3,
     reward_lr_scale=3.0,       # the reward head learns at wm_lr times this
     reward_steps=2,            # extra reward-head steps on real frames' states after each world-model step
     # --- agent (training/agent.py AgentConfig) -------------------------------------------
     iterations=50,             # "dreaming" iterations
-    ac_steps=5,                # actor-critic updates per iteration
-    imag_batch=128,            # imagined trajectories per update (start states from real windows)
+    ac_steps=4,                # actor-critic updates per iteration
+    imag_batch=32,             # imagined trajectories per update (start states from real windows)
     horizon=15,                # imagination horizon
+    actor_grad="dynamics",     # dynamics (pathwise, through the world model) | reinforce (training/agent.py actor_loss)
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
     # --- evaluation ----------------------------------------------------------------------
     eval_episodes=30,          # unseen seeds per policy
@@ -205,9 +206,11 @@ def train_tokenizer(cfg, model, episodes: np.ndarray, device, rng):
 
 
 def check_finite(value: float, what: str):
+    """Stop on a NaN or infinite loss, before the weights take it."""
     if not np.isfinite(value):
-        raise SystemExit(f"error: the {what} became non-finite; the last checkpoint was saved before it - lower "
-                         f"--wm_lr / --actor_lr / --critic_lr and rerun with --resume")
+        raise SystemExit(f"error: the {what} became non-finite; lower --wm_lr / --actor_lr / --critic_lr and rerun "
+                         f"with --resume (it restarts from the last checkpoint, saved before the NaN), or with a new "
+                         f"--run if the run stopped before its first checkpoint (iteration 0)")
 
 
 def world_model_optimiser(cfg, model):
@@ -288,14 +291,23 @@ def start_states(cfg, model, replay, device, rng):
 
 
 def train_agent(cfg, model, agent, replay, device, rng) -> dict:
-    """ac_steps actor-critic updates on imagined rollouts (training/agent.py)."""
+    """ac_steps actor-critic updates on imagined rollouts (training/agent.py). With the
+    pathwise gradient the imagination keeps its graph; the world model's weights are
+    frozen meanwhile (the actor's loss must not train it, and their gradients would cost
+    time)."""
     logs = {}
     step = model_step(model, device, cfg["bf16"])
-    for _ in range(cfg["ac_steps"]):
-        state = start_states(cfg, model, replay, device, rng)
-        latents, actions, rewards, conts = imagine(agent.actor, step, state, model.latent(state), cfg["horizon"])
-        logs = agent.update(latents, actions, rewards, conts)
-        check_finite(logs["pol"] + logs["val"], "actor or critic loss")
+    pathwise = cfg["actor_grad"] == "dynamics"
+    model.dynamics.requires_grad_(False)
+    try:
+        for _ in range(cfg["ac_steps"]):
+            state = start_states(cfg, model, replay, device, rng)
+            latents, actions, rewards, conts = imagine(agent.actor, step, state, model.latent(state),
+                                                       cfg["horizon"], grad=pathwise)
+            logs = agent.update(latents, actions, rewards, conts)
+            check_finite(logs["pol"] + logs["val"], "actor or critic loss")
+    finally:
+        model.dynamics.requires_grad_(True)
     return logs
 
 
@@ -449,7 +461,7 @@ def build(cfg, device):
                                                       "reward_head": True, "image_size": 64})).to(device)
     agent = Agent(AgentConfig(latent_dim=model.dynamics.latent_dim, action_dim=2,
                               units=cfg["units"], horizon=cfg["horizon"], gamma=cfg["gamma"], lam=cfg["lam"],
-                              entropy=cfg["entropy"], actor_lr=cfg["actor_lr"],
+                              entropy=cfg["entropy"], actor_grad=cfg["actor_grad"], actor_lr=cfg["actor_lr"],
                               critic_lr=cfg["critic_lr"])).to(device)
     return model, agent
 
@@ -480,7 +492,7 @@ def load_agent(path: Path, device):
         agent.load_state(ckpt["agent"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise SystemExit(f"error: {path} does not match this version ({str(exc).splitlines()[0]}); "
-                         f"retrain it") from None
+                         f"pass another --checkpoint or retrain it") from None
     return cfg, model.eval(), agent, ckpt
 
 
@@ -510,6 +522,10 @@ def main():
     if not 1 <= cfg["context"] < cfg["wm_window"] <= cfg["episode_steps"] + 1:
         raise SystemExit(f"error: need 1 <= --context < --wm_window <= --episode_steps + 1 (got {cfg['context']}, "
                          f"{cfg['wm_window']}, {cfg['episode_steps']})")
+    if cfg["actor_grad"] not in ("dynamics", "reinforce"):
+        raise SystemExit(f"error: --actor_grad must be dynamics or reinforce (got '{cfg['actor_grad']}')")
+    if cfg["explore_hold"] < 1:
+        raise SystemExit(f"error: --explore_hold must be at least 1 frame (got {cfg['explore_hold']})")
     device = utils.pick_device(cfg["device"])
     if cfg["eval_only"]:
         return eval_only(cfg, device)
@@ -527,7 +543,6 @@ def main():
     except OSError as exc:
         raise SystemExit(f"error: cannot write {ckpt_dir} or {out_dir} ({exc.strerror}); pass a writable "
                          f"--out_root") from None
-    utils.save_json(cfg, out_dir / "config.json")
     env_kwargs = {"episode_steps": cfg["episode_steps"]}
     utils.seed_everything(cfg["seed"])
     model, agent = build(cfg, device)
@@ -555,6 +570,7 @@ def main():
             raise SystemExit(f"error: {ckpt_path} does not match these settings ({str(exc).splitlines()[0]}); "
                              f"resume with the settings it was trained with") from None
         replay.load(ckpt["replay_chunks"])
+        utils.remove_stale_temps(ckpt_dir)
         history, start, wall = ckpt["history"], ckpt["iteration"], ckpt["wall_s"]
         model.tokenizer.eval().requires_grad_(False)
         print(f"resuming {ckpt_path} at iteration {start}")
@@ -564,7 +580,8 @@ def main():
         # (0) seed episodes with random actions, the tokenizer on their frames, held-out episodes
         rng = np.random.default_rng([cfg["seed"], 0])
         seeds = np.arange(cfg["seed_episodes"])
-        seed_eps = collect(env_kwargs, envs.random_act_fn(cfg["seed"]), seeds, model, device, cfg["bf16"], False)
+        seed_eps = collect(env_kwargs, envs.held_random_act_fn(cfg["seed"], cfg["explore_hold"]), seeds, model,
+                           device, cfg["bf16"], False)
         tok = train_tokenizer(cfg, model, seed_eps["frames"], device, rng)
         print(f"tokenizer: PSNR {tok['psnr']:.1f} dB, perplexity {tok['perplexity']:.0f}")
         seed_eps["codes"] = encode_episodes(model, seed_eps["frames"], device, cfg["bf16"])
@@ -584,7 +601,7 @@ def main():
               f"{reward_error(cfg, model, test, device)['rew_filter']:.4f}")
         save(0)
 
-    done = 0
+    utils.save_json(cfg, out_dir / "config.json")   # after a resume's checks: a refused one changes nothing
     for it in range(start, cfg["iterations"]):
         rng = np.random.default_rng([cfg["seed"], it + 1])
         torch.manual_seed(cfg["seed"] * 1_000_003 + it + 1)
@@ -605,10 +622,6 @@ def main():
               + (f"  |rew err| held-out {row['rew_filter']:.4f}/{row['rew_open']:.4f}" if "rew_filter" in row else "")
               + f"  [{row['wall_s']:.0f} s]", flush=True)
         save(it + 1)
-        done += 1
-        if cfg["stop_after"] and done >= cfg["stop_after"] and it + 1 < cfg["iterations"]:
-            print(f"stopping after {done} iterations (--stop_after); rerun with --resume to continue")
-            return
 
     ev = evaluate(cfg, model, agent, EVAL_SEED + np.arange(cfg["eval_episodes"]), device)
     print_table(ev)
