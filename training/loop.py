@@ -19,6 +19,18 @@ process would. DDP averages gradients; the tokenizer's EMA codebook statistics a
 across ranks in the quantizer; only rank 0 writes files. The logged losses and rollout
 errors are rank 0's share of each batch. (The layers loss normalises by each rank's own
 count of layers found, so under DDP its gradient is close to, not equal to, one process's.)
+
+Wall-time budget (`minutes` > 0, for comparisons at equal CPU time): each phase trains until
+its deadline instead of for a number of steps (the tokenizer until tok_share of the budget,
+the dynamics until the whole budget), with the one-cycle schedule stretched over the phase's
+time instead of its steps. The budget counts from the start of the run (Run()) to the end of
+training, caching the codes included and the final evaluation not; a resumed run continues
+the clock saved in its checkpoint. The batches are still those of (seed, step), but where a
+budgeted run stops and its learning rate at each step depend on the machine's speed, so it is
+not bit-reproducible. Under torchrun every rank follows rank 0's clock.
+
+The same pieces train models without a tokenizer (training/train_baseline.py: one phase,
+"train"): Run(cfg, phases=...), StepBatches, optimise, save_state.
 """
 from __future__ import annotations
 
@@ -40,6 +52,7 @@ from training import layers
 from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
 PHASES = ("tokenizer", "codes", "dynamics", "done")
+UNBOUNDED = 10 ** 12   # the step count of a phase that ends at a wall-time deadline
 
 
 # ----------------------------------------------------------------------------------------
@@ -50,9 +63,14 @@ class Run:
 
     Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set) it joins the process group: gloo
     on the CPU, nccl on CUDA (one GPU per local rank). checkpoints/<run>/latest.pt and
-    results/<run>/ are written by rank 0 only."""
+    results/<run>/ are written by rank 0 only. `phases`: those a checkpoint of this kind of
+    run may be in (`what` names the kind in errors). Its clock (elapsed()) is the run's
+    training time, carried over by a resume; budget_s = 60 * cfg['minutes'] (0: no budget)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, phases: tuple = PHASES, what: str = "world-model"):
+        self._t0 = time.perf_counter()
+        self.phases, self.what = phases, what
+        self.budget_s = 60.0 * float(cfg.get("minutes", 0) or 0)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         device = utils.pick_device(cfg["device"], verbose=self.rank == 0)
@@ -69,7 +87,8 @@ class Run:
         self.ckpt_dir, self.out_dir = base / "checkpoints" / cfg["run"], base / "results" / cfg["run"]
         self.ckpt_path = self.ckpt_dir / "latest.pt"
         self.state = None
-        self.history = {"tokenizer": [], "dynamics": []}
+        self.history = {p: [] for p in phases if p not in ("codes", "done")}
+        self._elapsed0, self.phase_begin = 0.0, 0.0
         failure = None
         try:
             self._prepare(cfg)
@@ -87,15 +106,36 @@ class Run:
             raise failure
         if self.state is not None:
             self.history = self.state["history"]
+            self._elapsed0 = float(self.state.get("elapsed_s", 0.0))
+            self.phase_begin = float(self.state.get("phase_begin_s", 0.0))
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, this process's clock (before a resume included)."""
+        return self._elapsed0 + time.perf_counter() - self._t0
+
+    def clock(self) -> float:
+        """elapsed(), the same on every rank (rank 0's): a budgeted phase stops at the same
+        step everywhere and every rank sets the same learning rate."""
+        if self.world == 1:
+            return self.elapsed()
+        t = torch.tensor([self.elapsed()], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return float(t.item())
 
     def _prepare(self, cfg):
+        if self.budget_s < 0:
+            raise SystemExit(f"error: --minutes must be 0 (no budget: train for the step counts) or more, "
+                             f"got {cfg['minutes']}")
+        if not 0 <= cfg.get("tok_share", 0.5) < 1:
+            raise SystemExit(f"error: --tok_share is the fraction of --minutes for the tokenizer, from 0 to "
+                             f"below 1; got {cfg['tok_share']}")
         if cfg["resume"]:
             if not self.ckpt_path.exists():
                 raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
                                  f"drop --resume to start fresh")
             self.state = utils.load_checkpoint(self.ckpt_path, map_location="cpu", fix="start a new --run=NAME")
-            if self.state.get("phase") not in PHASES or "model" not in self.state:
-                raise SystemExit(f"error: {self.ckpt_path} is not a world-model training checkpoint; "
+            if self.state.get("phase") not in self.phases or "model" not in self.state:
+                raise SystemExit(f"error: {self.ckpt_path} is not a {self.what} training checkpoint; "
                                  f"use another --run")
             check_same_model(cfg, self.state, self.ckpt_path)
         elif self.ckpt_path.exists():
@@ -132,10 +172,14 @@ def check_same_model(cfg: dict, state: dict, path: Path):
 
 
 def save_state(run: Run, cfg, model, opt, phase, step, history):
+    """The checkpoint: settings, model_config (the model's own config.to_dict()), weights,
+    optimiser, phase and step, history, and the run's clock (elapsed_s; phase_begin_s: when
+    the current phase started, for a budgeted schedule)."""
     if run.main:
         utils.save_checkpoint({"config": cfg, "model_config": model.config.to_dict(), "model": model.state_dict(),
                                "optimizer": opt.state_dict() if opt is not None else {}, "phase": phase,
-                               "step": step, "history": history}, run.ckpt_path)
+                               "step": step, "history": history, "elapsed_s": run.elapsed(),
+                               "phase_begin_s": run.phase_begin}, run.ckpt_path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -223,7 +267,7 @@ def to_device(batch: dict, device) -> dict:
 # ----------------------------------------------------------------------------------------
 # One optimisation phase
 # ----------------------------------------------------------------------------------------
-def check_finite(value: float, what: str, phase: str, step: int, run: Run):
+def check_finite(value: float, what: str, phase: str, step: int, run: Run, lr_flag: str = "--tok_lr / --dyn_lr"):
     """Stop every rank together (one rank leaving would hang the others in backward) when
     `value` is NaN or infinite on any of them; the weights have not been updated with it."""
     bad = not math.isfinite(value)
@@ -234,9 +278,9 @@ def check_finite(value: float, what: str, phase: str, step: int, run: Run):
     if bad:
         if run.ckpt_path.exists():
             saved = (f"the last checkpoint ({run.ckpt_path}) was saved before it - lower the learning rate "
-                     f"(--tok_lr / --dyn_lr) and rerun with --resume")
+                     f"({lr_flag}) and rerun with --resume")
         else:
-            saved = "no checkpoint was saved yet - lower the learning rate (--tok_lr / --dyn_lr) and rerun"
+            saved = f"no checkpoint was saved yet - lower the learning rate ({lr_flag}) and rerun"
         raise SystemExit(f"error: the {phase} {what} became non-finite at step {step}; {saved}")
 
 
@@ -249,16 +293,37 @@ def schedule(opt, lr: float, steps: int):
     return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
 
 
+def one_cycle(frac: float, pct_start: float = 0.05, div: float = 25.0, final_div: float = 1e4):
+    """OneCycleLR's learning-rate factor (of the peak) and Adam beta1 at fraction `frac` of a
+    phase, with its default settings (cosine annealing, beta1 0.95 -> 0.85 -> 0.95): the same
+    schedule for a phase whose length is a time."""
+    def cos(a, b, t):
+        return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+    frac = min(max(frac, 0.0), 1.0)
+    if frac < pct_start:
+        t = frac / pct_start
+        return cos(1 / div, 1.0, t), cos(0.95, 0.85, t)
+    t = (frac - pct_start) / (1 - pct_start)
+    return cos(1.0, 1 / (div * final_div), t), cos(0.85, 0.95, t)
+
+
 def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, loader_for, loss_fn,
-             postfix):
+             postfix, until_s: float = 0.0, lr_flag: str = "--tok_lr / --dyn_lr") -> int:
     """AdamW + one-cycle LR over `steps`, bf16 autocast, gradient clipping, NaN stop,
     atomic checkpoints every ckpt_every steps, resume from the checkpoint's step.
-    loader_for(start) -> iterable of batches from step `start`; loss_fn(batch, step) ->
-    (loss, logs)."""
+    until_s > 0: train until the run's clock reaches until_s instead (`steps` is ignored), the
+    one-cycle schedule over the time from the phase's start to until_s.
+    loader_for(start, steps) -> iterable of batches from step `start`; loss_fn(batch, step,
+    progress) -> (loss, logs), progress = the fraction of the phase done (of its steps or of
+    its time). Returns the number of steps done."""
+    budget = until_s > 0
+    if budget:
+        steps = UNBOUNDED
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4 if phase == "dynamics" else 0.0)
-    sched = schedule(opt, lr, steps)
+    sched = None if budget else schedule(opt, lr, steps)
     start = 0
+    run.phase_begin = run.elapsed()
     if run.state is not None and run.state["phase"] == phase:
         # The schedule's settings come from this command line (a lower --dyn_lr after a NaN
         # stop must take effect), the moments and step counts from the checkpoint.
@@ -267,31 +332,52 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         for g, f in zip(opt.param_groups, fresh):
             g.update(f)
         start = run.state["step"]
-        for _ in range(start):
-            sched.step()
-    bar = tqdm(loader_for(start), desc=phase, initial=start, total=steps, disable=not run.main)
+        run.phase_begin = float(run.state.get("phase_begin_s", 0.0))
+        if sched is not None:
+            for _ in range(start):
+                sched.step()
+    history = run.history.setdefault(phase, [])
+    bar = tqdm(desc=phase, initial=start, total=None if budget else steps, disable=not run.main)
     tick = time.perf_counter()
-    for step, batch in enumerate(bar, start):
+    done, last = start, None
+    for step, batch in enumerate(loader_for(start, steps), start):
+        if budget:
+            now_s = run.clock()
+            if now_s >= until_s:
+                break
+            progress = (now_s - run.phase_begin) / max(until_s - run.phase_begin, 1e-9)
+            factor, beta1 = one_cycle(progress)
+            for g in opt.param_groups:
+                g["lr"], g["betas"] = lr * factor, (beta1, g["betas"][1])
+        else:
+            progress = step / steps
         n_items = len(batch["frames"]) * run.world
         batch = to_device(batch, run.device)
         with utils.autocast(run.device, cfg["bf16"]):
-            loss, logs = loss_fn(batch, step)
-        check_finite(logs["loss"], "loss", phase, step, run)
+            loss, logs = loss_fn(batch, step, progress)
+        check_finite(logs["loss"], "loss", phase, step, run, lr_flag)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        check_finite(float(norm), "gradient", phase, step, run)
+        check_finite(float(norm), "gradient", phase, step, run, lr_flag)
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         now = time.perf_counter()
         logs["samples_per_s"] = n_items / (now - tick)   # global clips per second, data loading included
         tick = now
+        done, last = step + 1, {"step": step, **logs}
         if step % cfg["log_every"] == 0 or step == steps - 1:
-            run.history[phase].append({"step": step, **logs})
-            bar.set_postfix(**postfix(logs))
+            history.append(last)
+            extra = {"left": f"{(until_s - now_s) / 60:.1f}min"} if budget else {}
+            bar.set_postfix(**postfix(logs), **extra)
+        bar.update(1)
         if (step + 1) % cfg["ckpt_every"] == 0:
             save_state(run, cfg, model, opt, phase, step + 1, run.history)
     bar.close()
+    if budget and last is not None and (not history or history[-1]["step"] != last["step"]):
+        history.append(last)   # the last step of a budgeted phase, like that of a counted one
+    return done
 
 
 # ----------------------------------------------------------------------------------------
@@ -335,19 +421,20 @@ def ddp(module, run: Run):
     return DDP(module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
 
-def train_tokenizer(cfg, run, model, windows):
-    """Phase 1: reconstruct single frames drawn evenly over the datasets."""
+def train_tokenizer(cfg, run, model, windows, until_s: float = 0.0):
+    """Phase 1: reconstruct single frames drawn evenly over the datasets (for tok_steps
+    steps, or until the run's clock reaches until_s > 0)."""
     model.train()
     wrapped = ddp(model.tokenizer, run)
     weights = windows.weights()
     T = windows.length
     per = cfg["tok_batch"] // run.world
 
-    def loader_for(start):
-        sampler = StepBatches(weights, cfg["tok_batch"], cfg["tok_steps"], cfg["seed"], run.rank, run.world, start)
+    def loader_for(start, steps):
+        sampler = StepBatches(weights, cfg["tok_batch"], steps, cfg["seed"], run.rank, run.world, start)
         return DataLoader(windows, batch_sampler=sampler, num_workers=cfg["workers"])
 
-    def loss_fn(batch, step):
+    def loss_fn(batch, step, progress):
         t = step_generator(cfg["seed"], "tokenizer", step).integers(0, T, cfg["tok_batch"])
         t = torch.from_numpy(t[run.rank * per:(run.rank + 1) * per])
         x = batch["frames"][torch.arange(len(t)), t].contiguous(memory_format=torch.channels_last)
@@ -355,7 +442,8 @@ def train_tokenizer(cfg, run, model, windows):
 
     optimise(cfg, run, model, "tokenizer", model.tokenizer.parameters(), cfg["tok_lr"], cfg["tok_steps"],
              loader_for, loss_fn,
-             lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"))
+             lambda l: dict(psnr=f"{l['psnr']:.1f}", ppl=f"{l['perplexity']:.0f}", usage=f"{l['usage']:.2f}"),
+             until_s)
     save_state(run, cfg, model, None, "codes", 0, run.history)
 
 
@@ -444,8 +532,9 @@ def _write_cut(cfg, run, windows, k, n, path):
             np.savez(f, **out)
 
 
-def train_dynamics(cfg, run, model, windows, cached):
-    """Phase 3: unrolled dynamics training on cached tokens, tokenizer frozen."""
+def train_dynamics(cfg, run, model, windows, cached, until_s: float = 0.0):
+    """Phase 3: unrolled dynamics training on cached tokens, tokenizer frozen (for dyn_steps
+    steps, or until the run's clock reaches until_s > 0; dyn_steps=0 skips it either way)."""
     if cfg["dyn_steps"] == 0:
         save_state(run, cfg, model, None, "done", 0, run.history)
         return
@@ -458,12 +547,16 @@ def train_dynamics(cfg, run, model, windows, cached):
     anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
     T = windows.length
 
-    def loader_for(start):
-        sampler = StepBatches(weights, cfg["dyn_batch"], cfg["dyn_steps"], cfg["seed"], run.rank, run.world, start)
+    def loader_for(start, steps):
+        sampler = StepBatches(weights, cfg["dyn_batch"], steps, cfg["seed"], run.rank, run.world, start)
         return DataLoader(data, batch_sampler=sampler, num_workers=cfg["workers"])
 
-    def loss_fn(batch, step):
-        teacher = max(0.0, 1.0 - step / anneal)
+    def loss_fn(batch, step, progress):
+        if until_s:   # the fade over the same fraction of the phase's time
+            until = cfg["teacher_forcing_until"]
+            teacher = max(0.0, 1.0 - progress / until) if until > 0 else 0.0
+        else:
+            teacher = max(0.0, 1.0 - step / anneal)
         forced = (step_generator(cfg["seed"], "dynamics", step).random(T - 1) < teacher).tolist()
         loss, logs = wrapped(batch, cfg["context"], forced)
         logs["teacher"] = teacher
@@ -475,9 +568,9 @@ def train_dynamics(cfg, run, model, windows, cached):
         return dict(loss=f"{logs['loss']:.4f}", tf=f"{logs['teacher']:.2f}", mse_first=f"{future[0]:.0f}",
                     mse_last=f"{future[-1]:.0f}", **extra)
 
-    optimise(cfg, run, model, "dynamics", model.dynamics.parameters(), cfg["dyn_lr"], cfg["dyn_steps"],
-             loader_for, loss_fn, postfix)
-    save_state(run, cfg, model, None, "done", cfg["dyn_steps"], run.history)
+    done = optimise(cfg, run, model, "dynamics", model.dynamics.parameters(), cfg["dyn_lr"], cfg["dyn_steps"],
+                    loader_for, loss_fn, postfix, until_s)
+    save_state(run, cfg, model, None, "done", done, run.history)
 
 
 def train_world_model(cfg: dict, run: Run, names: list[str]):
@@ -490,13 +583,15 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
     if run.state is not None and run.main:
         print(f"resuming from {run.ckpt_path}: phase {phase}, step {run.state['step']}")
     times, t0 = {}, time.time()
+    # A budget: the tokenizer until tok_share of it, then the codes, the dynamics until its end.
+    tok_until = run.budget_s * cfg.get("tok_share", 0.5)
     new_tokenizer = phase == "tokenizer"
     if phase == "tokenizer" and cfg.get("init_tokenizer"):
         load_tokenizer(model, Path(cfg["init_tokenizer"]), run.main)
         save_state(run, cfg, model, None, "codes", 0, run.history)
         phase = "codes"
     if phase == "tokenizer":
-        train_tokenizer(cfg, run, model, windows)
+        train_tokenizer(cfg, run, model, windows, tok_until)
         run.state, phase = None, "codes"
     times["tokenizer_s"] = time.time() - t0
     if phase in ("codes", "dynamics"):
@@ -504,7 +599,7 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
         times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
         if phase == "codes":
             run.state = None
-        train_dynamics(cfg, run, model, windows, cached)
+        train_dynamics(cfg, run, model, windows, cached, run.budget_s)
     times.setdefault("codes_s", 0.0)
     times["dynamics_s"] = time.time() - t0 - times["tokenizer_s"] - times["codes_s"]
     check_in_sync(model, run)

@@ -49,6 +49,8 @@ CONFIG = dict(
     seed=0,
     bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
     resume=False,              # continue from checkpoints/<run>/latest.pt
+    minutes=0.0,               # > 0: a wall-time budget instead of tok_steps / dyn_steps (training/loop.py):
+    tok_share=0.5,             #   the tokenizer until tok_share of it, then the codes and the dynamics
     # --- model (training/world_model.py ModelConfig) ---------------------------------------
     channels=64,
     code_dim=64,
