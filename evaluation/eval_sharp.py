@@ -1,10 +1,13 @@
-"""Rollout evaluation of a trained SharpWorldModelV2: per-step curves beside baselines.
+"""Rollout evaluation of a trained SharpWorldModelV2 (or of the SimVP baseline,
+training/train_baseline.py): per-step curves beside baselines.
 
     python evaluation/eval_sharp.py                                   # checkpoints/sharp_v2/latest.pt
     python evaluation/eval_sharp.py --checkpoint=checkpoints/RUN/latest.pt --dataset=pendulum
     python evaluation/eval_sharp.py --data=path/to/test.npy --num_sequences=64 --device=cpu
     python evaluation/eval_sharp.py --checkpoint=checkpoints/rl/latest.pt --data=results/rl/test_episodes.npy
 
+The checkpoint's model_config says which model to build ('kind': "simvp" for the baseline,
+none for the world model); both are called through the same rollout(context, horizon).
 An action-conditioned model (the agent's, training/world_model_rl.py) is evaluated on
 recorded episodes: `--data=X.npy` with the actions taken at each frame in X_actions.npy
 (N, T, A) beside it, fed to the model at every step.
@@ -32,6 +35,7 @@ import torch  # noqa: E402
 from data_utils.datasets import DatasetError, load_sequences, load_split  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from evaluation.positions import READER, position_error, read_bodies  # noqa: E402
+from training.baseline import KIND as BASELINE_KIND, SimVP, SimVPConfig  # noqa: E402
 from training.world_model import ModelConfig, SharpWorldModelV2  # noqa: E402
 
 CONFIG = dict(
@@ -62,12 +66,14 @@ def load_model(path: Path, device: torch.device):
     if "model_config" not in ckpt or "model" not in ckpt:
         raise SystemExit(f"error: {path} is not a world-model checkpoint (no 'model_config'/'model'); "
                          f"pass --checkpoint=checkpoints/<run>/latest.pt of a training script")
+    baseline = isinstance(ckpt["model_config"], dict) and ckpt["model_config"].get("kind") == BASELINE_KIND
+    cls, config_cls = (SimVP, SimVPConfig) if baseline else (SharpWorldModelV2, ModelConfig)
     try:
-        model = SharpWorldModelV2(ModelConfig.from_checkpoint(ckpt["model_config"]))
+        model = cls(config_cls.from_checkpoint(ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SystemExit(f"error: {path} does not match SharpWorldModelV2 ({first}): it was written by another "
+        raise SystemExit(f"error: {path} does not match {cls.__name__} ({first}): it was written by another "
                          f"version of this code; pass another --checkpoint or retrain it") from None
     return model.to(device).eval(), ckpt
 
@@ -418,6 +424,9 @@ def main():
         raise SystemExit(f"error: {data_name} has {H}x{W} frames but the model takes {size}x{size}; "
                          f"regenerate the data with --size {size}")
     ctx, hor = cfg["context"], cfg["horizon"]
+    needs = getattr(model.config, "context", 1)   # the baseline reads a fixed number of frames
+    if ctx < needs:
+        raise SystemExit(f"error: {ckpt_path} reads {needs} context frames; pass --context={needs} or more")
     if T < ctx + hor:
         raise SystemExit(f"error: {data_name} has sequences of {T} frames, fewer than context + horizon = "
                          f"{ctx + hor}; lower --context/--horizon or regenerate with --frames {ctx + hor}")
