@@ -233,7 +233,12 @@ def actor_loss(actor: Actor, latents: torch.Tensor, actions: torch.Tensor, retur
       "dynamics"   L = -E_w[ R / S ] - eta E_w[ H[pi(.|s)] ]
                    the pathwise gradient of Dreamer V1 (Hafner et al. 2020, eq. 9): `returns`
                    carry the graph through the world model back to the reparameterised
-                   actions, so each action is pushed along d(return)/d(action).
+                   actions, so each action is pushed along d(return)/d(action). Unlike
+                   Dreamer V1 the gradient flows through the imagined rewards only, the
+                   critic's values being constants in R: at gamma 0.99 the bootstrap
+                   gamma^H v(s_H) outweighs the H imagined rewards, and the gradient of a
+                   critic fitted by a few hundred updates with respect to the state is not
+                   one to steer by (measured in docs/experiments.md).
       "reinforce"  L = -E_w[ log pi(a|s) sg((R - v(s)) / S) ] - eta E_w[ H[pi(.|s)] ]
                    (DreamerV3), needing only the log-probabilities of the actions taken.
 
@@ -343,18 +348,17 @@ class Agent(nn.Module):
         latents (B, H+1, F), actions (B, H, A) unclipped, rewards (B, H), continues (B, H);
         with actor_grad="dynamics" they carry the graph of `imagine(..., grad=True)`. The
         returns bootstrap from the ONLINE critic (as DreamerV3 does; the slow critic only
-        regularises the critic's loss); the critic learns from them detached.
+        regularises the critic's loss), whose values are constants in them; the critic
+        learns from them detached.
         """
         c = self.config
         pathwise = c.actor_grad == "dynamics"
         if not pathwise:
             latents, actions, rewards, continues = latents.detach(), actions.detach(), rewards.detach(), continues.detach()
         rewards, continues = rewards.float(), continues.float()
-        self.critic.requires_grad_(False)                           # the actor's loss must not train the critic
-        with torch.set_grad_enabled(pathwise):
+        with torch.no_grad():   # the values enter the returns as constants (see actor_loss)
             values = self.critic(latents)                           # (B, H+1)
-            returns = lambda_returns(rewards, values, continues, c.gamma, c.lam)  # (B, H)
-        self.critic.net.requires_grad_(True)
+        returns = lambda_returns(rewards, values, continues, c.gamma, c.lam)  # (B, H), graph via rewards if pathwise
         weights = discount_weights(continues.detach(), c.gamma)     # (B, H)
         self.norm.update(returns)
 

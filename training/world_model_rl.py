@@ -64,6 +64,7 @@ CONFIG = dict(
     wm_batch=16,               # windows per step
     wm_window=17,              # frames per window: `context` observed, the rest free-running
     context=2,                 # observed frames per window (two give the velocity)
+    teacher_forcing=0.5,       # after the context, each step reads the true frame with this probability (Bengio et al. 2015)
     wm_lr=2e-3,
     reward_lr_scale=3.0,       # the reward head learns at wm_lr times this
     reward_steps=2,            # extra reward-head steps on real frames' states after each world-model step
@@ -225,15 +226,19 @@ def world_model_optimiser(cfg, model):
 
 
 def train_world_model(cfg, model, opt, replay, device, rng, progress: bool = False) -> dict:
-    """wm_steps updates of the dynamics and reward head on replay windows, free-running
-    after `context` frames (what imagination meets). Logs 'dyn' (the dynamics loss),
-    'rollout_mse' per step, 'rew' (reward-prediction MSE on the training windows)."""
+    """wm_steps updates of the dynamics and reward head on replay windows: after `context`
+    frames each step reads either the true frame (probability `teacher_forcing`) or its own
+    prediction (what imagination meets). Free-running alone, the predicted ball soon parts
+    from the true one and the loss stops saying what a push does; the true frames give
+    one-step errors it learns from (docs/experiments.md, 2026-12-02). Logs 'dyn' (the
+    dynamics loss), 'rollout_mse' per step, 'rew' (reward MSE on the training windows)."""
     model.dynamics.train()
     logs = {}
     for _ in tqdm(range(cfg["wm_steps"]), desc="world model", disable=not progress):
         batch = replay.windows(rng, cfg["wm_batch"], cfg["wm_window"], device)
+        forced = list(rng.random(cfg["wm_window"] - 1) < cfg["teacher_forcing"])
         with utils.autocast(device, cfg["bf16"]):
-            loss, logs = model(batch, cfg["context"])
+            loss, logs = model(batch, cfg["context"], forced)
         check_finite(logs["loss"], "world-model loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -524,6 +529,8 @@ def main():
                          f"{cfg['wm_window']}, {cfg['episode_steps']})")
     if cfg["actor_grad"] not in ("dynamics", "reinforce"):
         raise SystemExit(f"error: --actor_grad must be dynamics or reinforce (got '{cfg['actor_grad']}')")
+    if not 0 <= cfg["teacher_forcing"] <= 1:
+        raise SystemExit(f"error: --teacher_forcing is a probability in [0, 1] (got {cfg['teacher_forcing']})")
     if cfg["explore_hold"] < 1:
         raise SystemExit(f"error: --explore_hold must be at least 1 frame (got {cfg['explore_hold']})")
     device = utils.pick_device(cfg["device"])
