@@ -383,14 +383,19 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
 # ----------------------------------------------------------------------------------------
 # The three phases
 # ----------------------------------------------------------------------------------------
-def build_model(cfg: dict, image_size: int, run: Run) -> SharpWorldModelV2:
-    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "image_size": image_size}))
+def restore_weights(run: Run, model: torch.nn.Module) -> None:
+    """A resumed run's weights into `model`, or one line saying the settings differ."""
     if run.state is not None:
         try:
             model.load_state_dict(run.state["model"])
         except RuntimeError as exc:
             raise SystemExit(f"error: {run.ckpt_path} does not match these model settings "
                              f"({str(exc).splitlines()[0]}); resume with the settings it was trained with") from None
+
+
+def build_model(cfg: dict, image_size: int, run: Run) -> SharpWorldModelV2:
+    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "image_size": image_size}))
+    restore_weights(run, model)
     model.to(run.device)
     model.tokenizer.to(memory_format=torch.channels_last)
     return model

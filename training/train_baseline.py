@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from data_utils.datasets import DatasetError, dataset_command, load_split  # noqa: E402
 from training.baseline import SimVP, SimVPConfig, count_parameters, prediction_loss  # noqa: E402
-from training.loop import Run, StepBatches, check_in_sync, ddp, open_windows, optimise, save_state  # noqa: E402
+from training.loop import (Run, StepBatches, check_in_sync, ddp, open_windows, optimise,  # noqa: E402
+                           restore_weights, save_state)
 
 CONFIG = dict(
     # --- run ---------------------------------------------------------------------------
@@ -81,12 +82,7 @@ def build_model(cfg, windows, run) -> SimVP:
         model = SimVP(SimVPConfig.from_dict({**cfg, "horizon": windows.target, "image_size": size}))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}; change --n_s or the data's --size") from None
-    if run.state is not None:
-        try:
-            model.load_state_dict(run.state["model"])
-        except RuntimeError as exc:
-            raise SystemExit(f"error: {run.ckpt_path} does not match these model settings "
-                             f"({str(exc).splitlines()[0]}); resume with the settings it was trained with") from None
+    restore_weights(run, model)
     return model.to(run.device)
 
 
