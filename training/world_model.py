@@ -262,12 +262,18 @@ class Tokenizer(nn.Module):
         return self.encoder(x.contiguous())
 
     def forward(self, x):
-        """x (B, 1, H, W) in [0,1] -> (recon (B,1,H,W) in [0,1], codes, vq stats)."""
+        """x (B, 1, H, W) in [0,1] -> (logits (B,1,H,W) of the reconstruction, codes, vq
+        stats); the reconstruction is sigmoid(logits). The loss reads the logits (see
+        `tokenizer_loss`)."""
         z_q, codes, stats = self.quantizer(self.encode_latent(x))
-        return self.decode_embeddings(z_q), codes, stats
+        return self.decode_logits(z_q), codes, stats
+
+    def decode_logits(self, z_q):
+        return self.decoder(z_q.contiguous()).float()
 
     def decode_embeddings(self, z_q):
-        return torch.sigmoid(self.decoder(z_q.contiguous()).float())
+        """(B, D, h, w) embeddings -> (B, 1, H, W) frame in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z_q))
 
 
 # ----------------------------------------------------------------------------------------
@@ -492,14 +498,25 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def tokenizer_loss(tokenizer: nn.Module, frames: torch.Tensor):
-    """frames (N, 1, H, W) in [0,1] -> (loss, logs). MSE + L1 reconstruction (L1 keeps
-    the mostly-black background exactly black) + the VQ commitment term. `tokenizer` may
-    be wrapped in DistributedDataParallel."""
-    recon, _, stats = tokenizer(frames)
-    mse = F.mse_loss(recon, frames)
-    l1 = F.l1_loss(recon, frames)
-    loss = mse + l1 + stats["commit"]
-    logs = {"loss": loss.item(), "mse": mse.item(), "l1": l1.item(),
+    """frames (N, 1, H, W) in [0,1] -> (loss, logs). Binary cross-entropy of the pixels
+    (intensities as soft targets) on the decoder's logits + the VQ commitment term.
+    `tokenizer` may be wrapped in DistributedDataParallel.
+
+    Why cross-entropy and not MSE or L1 of sigmoid(logits): their gradient with respect to a
+    logit carries the factor sigmoid'(logit), which vanishes once the decoder paints the
+    background black with confidence, so a decoder that has learned "all black" early (an
+    easy first optimum when 5 % of the pixels are ink, as with real MNIST digits) gets
+    almost no signal from the ink it misses and stays there (docs/experiments.md,
+    2026-12-02). The cross-entropy's gradient is sigmoid(logit) - pixel, never vanishing
+    on a wrong pixel; like MSE, it is minimal where sigmoid(logit) equals the pixel."""
+    logits, _, stats = tokenizer(frames)
+    bce = F.binary_cross_entropy_with_logits(logits, frames)
+    with torch.no_grad():
+        recon = torch.sigmoid(logits)
+        mse = F.mse_loss(recon, frames)
+        l1 = F.l1_loss(recon, frames)
+    loss = bce + stats["commit"]
+    logs = {"loss": loss.item(), "bce": bce.item(), "mse": mse.item(), "l1": l1.item(),
             "psnr": (-10 * torch.log10(mse.detach().clamp_min(1e-10))).item(),
             "perplexity": stats["perplexity"].item(), "usage": stats["usage"].item(),
             "restarted": stats["restarted"]}
