@@ -26,7 +26,7 @@ from tests.scripts import run
 from training.world_model import SharpWorldModelV2
 
 MODEL = dict(channels=16, code_dim=8, num_codes=16, hidden=8, layers=1)
-TRAIN_TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=6",
+TRAIN_TINY = ["--minutes=0", "--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=6",
               "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=2", "--dyn_sequences=6", "--context=4",
               "--eval_sequences=4", "--ckpt_every=2", "--log_every=1", "--device=cpu", "--bf16=false"]
 

@@ -7,7 +7,7 @@ regulariser (eq. 8 and "Critic learning"), returns normalised by the 5th-95th pe
 on purpose: the actor's gradient is by default the pathwise one of Dreamer V1 (backpropagation
 through the imagined dynamics; REINFORCE, DreamerV3's, is the other choice: see `actor_loss`),
 the critic is a plain MSE regression (no symlog two-hot), the actions are continuous and
-bounded (a Normal with tanh-squashed mean, clipped by the environment), and the optimiser is Adam.
+bounded (the tanh of a Normal sample, as in Dreamer V1), and the optimiser is Adam.
 
 Pure torch: nothing else from the project is imported, so the world model, the environment
 loop and this file never import each other.
@@ -16,7 +16,7 @@ Imagination layout (B batch, H horizon, F latent features, A action dimensions):
 
     s_0 --a_0--> s_1 --a_1--> ... --a_{H-1}--> s_H
     latents   (B, H+1, F)   s_0..s_H; s_0 is a real (posterior) state, the rest imagined
-    actions   (B, H, A)     a_k taken in s_k, the UNCLIPPED sample of actor.dist(s_k)
+    actions   (B, H, A)     u_k, the PRE-SQUASH sample of actor.dist(s_k); a_k = tanh(u_k) is taken in s_k
     rewards   (B, H)        rewards[:, k]   = reward received on arriving at s_{k+1}
     continues (B, H)        continues[:, k] = 1 - terminal(s_{k+1})
 
@@ -25,7 +25,7 @@ Usage sketch::
     cfg = AgentConfig(latent_dim=F, action_dim=A)
     agent = Agent(cfg)
 
-    # acting in the real environment (actions already clipped to [-1, 1])
+    # acting in the real environment (actions in [-1, 1])
     a = agent.actor.act(latent)                       # (B, A), sample=False for the mean
 
     # training in imagination; `step(state, action) -> (next_state, latent, reward, cont)`
@@ -141,13 +141,17 @@ def mlp(inp: int, units: int, out: int, layers: int = 2) -> nn.Sequential:
 
 
 class Actor(nn.Module):
-    """Bounded continuous policy pi(a | s): Independent(Normal(tanh(mu), std)) over A dims.
+    """Bounded continuous policy: a = tanh(u), u ~ Independent(Normal(mu(s), std(s))) over A
+    dims (Dreamer V1's squashed Normal, as in SAC).
 
     std = (max_std - min_std) * sigmoid(x + 2) + min_std, as in DreamerV3's continuous actor,
     so the std starts near max_std (exploration) and can never collapse below min_std.
-    The mean lies in [-1, 1]; a sample may fall outside and is clipped by the environment (and
-    by whoever feeds it to the world model). The log-probability is taken of the UNCLIPPED
-    sample, which is what was actually drawn from pi, so REINFORCE stays unbiased.
+    Why squash the sample rather than clip it: the pathwise gradient reaches an action only
+    through the world model, and a clipped sample outside [-1, 1] passes none (a quarter of
+    the first samples at std 0.9; most of them once the mean nears a bound), while tanh passes
+    some to every sample. `dist` is the distribution of the pre-squash u: its log-probability
+    of the u drawn is what REINFORCE needs (the tanh Jacobian does not depend on the actor's
+    weights), and its entropy is the bonus's (a proxy for that of a).
     """
 
     def __init__(self, latent_dim: int, action_dim: int, units: int = 256,
@@ -157,18 +161,17 @@ class Actor(nn.Module):
         self.net = mlp(latent_dim, units, 2 * action_dim)
 
     def dist(self, latent: torch.Tensor) -> Independent:
-        """latent (..., F) -> distribution with batch shape (...) and event shape (A,)."""
+        """latent (..., F) -> distribution of u, batch shape (...) and event shape (A,)."""
         mu, x = self.net(latent).chunk(2, -1)
         std = (self.max_std - self.min_std) * torch.sigmoid(x + 2.0) + self.min_std
-        return Independent(Normal(torch.tanh(mu), std), 1)
+        return Independent(Normal(mu, std), 1)
 
     @torch.no_grad()
-    def act(self, latent: torch.Tensor, sample: bool = True, clip: bool = True) -> torch.Tensor:
-        """(..., F) -> (..., A): a sample (or the mean, the greedy action), clipped to [-1, 1].
-        Use clip=False in imagination to keep the raw sample for the actor's log-probability."""
+    def act(self, latent: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """(..., F) -> (..., A) in [-1, 1]: tanh of a sample of u, or tanh of its mean (the
+        greedy action)."""
         d = self.dist(latent)
-        a = d.sample() if sample else d.mean
-        return a.clamp(-1.0, 1.0) if clip else a
+        return torch.tanh(d.sample() if sample else d.mean)
 
 
 class Critic(nn.Module):
@@ -242,7 +245,7 @@ def actor_loss(actor: Actor, latents: torch.Tensor, actions: torch.Tensor, retur
       "reinforce"  L = -E_w[ log pi(a|s) sg((R - v(s)) / S) ] - eta E_w[ H[pi(.|s)] ]
                    (DreamerV3), needing only the log-probabilities of the actions taken.
 
-    latents (B, H, F), actions (B, H, A) the unclipped samples, returns and values (B, H),
+    latents (B, H, F), actions (B, H, A) the pre-squash samples u, returns and values (B, H),
     weights (B, H) or None. `norm` must already have seen these returns.
 
     Why "dynamics" is the default here: a REINFORCE update's signal is the covariance of one
@@ -281,7 +284,7 @@ def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: 
 
     step(state, action (B, A) in [-1, 1]) -> (next state, its latent (B, F), reward (B,),
     cont (B,)); the state is whatever the model keeps (a dict of tensors for
-    SharpWorldModelV2). Returns latents (B, H+1, F), actions (B, H, A) unclipped, rewards
+    SharpWorldModelV2). Returns latents (B, H+1, F), actions (B, H, A) before the tanh, rewards
     (B, H), continues (B, H), the layout that `Agent.update` and `lambda_returns` take.
     grad=False: no graph (REINFORCE). grad=True: reparameterised samples and the graph
     through `step` kept, for the pathwise actor gradient (the start state is detached).
@@ -292,7 +295,7 @@ def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: 
         for _ in range(horizon):
             dist = actor.dist(latent)
             a = dist.rsample() if grad else dist.sample()
-            state, latent, r, c = step(state, a.clamp(-1.0, 1.0))
+            state, latent, r, c = step(state, torch.tanh(a))
             zs.append(latent)
             acts.append(a)
             rews.append(r)
@@ -345,7 +348,7 @@ class Agent(nn.Module):
                continues: torch.Tensor) -> dict:
         """One actor and one critic step on imagination; layout in the module docstring.
 
-        latents (B, H+1, F), actions (B, H, A) unclipped, rewards (B, H), continues (B, H);
+        latents (B, H+1, F), actions (B, H, A) before the tanh, rewards (B, H), continues (B, H);
         with actor_grad="dynamics" they carry the graph of `imagine(..., grad=True)`. The
         returns bootstrap from the ONLINE critic (as DreamerV3 does; the slow critic only
         regularises the critic's loss), whose values are constants in them; the critic

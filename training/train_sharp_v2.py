@@ -34,8 +34,9 @@ CONFIG = dict(
     seed=0,
     bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
     resume=False,              # continue from checkpoints/<run>/latest.pt
-    minutes=0.0,               # > 0: a wall-time budget instead of tok_steps / dyn_steps (training/loop.py):
-    tok_share=0.5,             #   the tokenizer until tok_share of it, then the codes and the dynamics
+    minutes=25.0,              # a wall-time budget (training/loop.py), so the default run takes the same
+                               #   time on any machine: the tokenizer until tok_share of it, then the codes
+    tok_share=0.5,             #   and the dynamics; 0 = train for tok_steps / dyn_steps (bit-reproducible)
     # --- model -------------------------------------------------------------------------
     channels=64,               # tokenizer width (32x32 stage; the 16x16 stage has 2x)
     code_dim=64,               # codebook vector size
@@ -47,12 +48,12 @@ CONFIG = dict(
     objects=2,                 # predict=layers: rigid layers cut from the last context frame
     # --- tokenizer phase -----------------------------------------------------------------
     init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one
-    tok_steps=1000,            # optimiser steps on random frames
+    tok_steps=1000,            # optimiser steps on random frames (with --minutes=0)
     tok_batch=64,              # frames per step
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
     dyn_sequences=2000,        # training clips (per dataset) whose codes are cached (0 = all)
-    dyn_steps=450,             # optimiser steps (0: keep the untrained dynamics)
+    dyn_steps=450,             # optimiser steps (with --minutes=0; 0: keep the untrained dynamics)
     dyn_batch=16,              # clips per step
     dyn_lr=1e-3,
     context=10,                # observed frames; the rest of each clip is predicted
