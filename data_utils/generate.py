@@ -379,6 +379,11 @@ def cli(script: str, description: str, argv: list[str] | None = None) -> list[di
     if args.frames < 1 or args.size < 8 or args.workers < 1:
         raise SystemExit("error: --frames must be >= 1, --size >= 8 and --workers >= 1")
     out = args.out.expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # a file in the way, or no permission
+        raise SystemExit(f"error: cannot create the output folder {out} ({exc.strerror}); pass a writable "
+                         f"--out folder") from None
     copy_dir = PREVIEW_COPY_DIR if out == DEFAULT_OUT.resolve() else None
     command = " ".join(["python", script] + [shlex.quote(a) for a in argv])
     options = {"mnist_root": getattr(args, "mnist_root", None), "digits": digits}

@@ -374,6 +374,16 @@ def test_cli_digits_flag_errors_are_one_line(tmp_path, no_mnist):
     assert list(tmp_path.iterdir()) == []  # no dataset and no temp folder left behind
 
 
+def test_cli_out_inside_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        generate.cli(generate.PHYSICS_CLI, "test", ["--dataset", "pendulum", "--num", "4", "--workers", "1",
+                                                    "--out", str(tmp_path / "a_file" / "data"), "--no-preview"])
+    msg = str(e.value)
+    assert msg.startswith("error: cannot create the output folder") and "pass a writable --out" in msg
+    assert "\n" not in msg and (tmp_path / "a_file").read_text() == "keep me"
+
+
 # --- the command lines ---------------------------------------------------------------------------------
 def run_cli(script, *args, env=None):
     return subprocess.run([sys.executable, str(utils.REPO_ROOT / "data_utils" / script), *args],
