@@ -136,7 +136,7 @@ def trace(model: wm.SharpWorldModelV2, context: int):
                    shape_text(rec.shapes[dyn.stem]), n(dyn.stem)))
     blocks.append(("dynamics", f"ConvGRU x {len(dyn.cells)}", "stacked cells, state kept",
                    shape_text(rec.shapes[dyn.cells[0]]) + " each", sum(n(c) for c in dyn.cells)))
-    head_name = {"motion": "motion head (px/frame)", "embedding": "next-embedding head",
+    head_name = {"motion": "motion head (px/frame)", "particles": "force head (velocity, acceleration)",
                  "layers": "layer head (pooled)"}[predict]
     head_layers = describe(dyn.head)
     blocks.append(("dynamics", head_name, head_layers, shape_text(rec.shapes[dyn.head]), n(dyn.head)))
@@ -147,7 +147,8 @@ def trace(model: wm.SharpWorldModelV2, context: int):
         blocks.append(("warp", "warp", "last seen frame, summed d", shape_text(warp_shapes[0]), 0))
         blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
     else:
-        blocks.append(("warp", "snap", "nearest codebook entry", "codes " + shape_text(rec.shapes[q]), 0))
+        blocks.append(("warp", "splat", "every pixel a particle, moved", shape_text(x[:, 0].shape), 0))
+        blocks.append(("warp", "re-tokenise", "same encoder + VQ", "codes " + shape_text(rec.shapes[q]), 0))
     for i, (label, mods) in enumerate(stages(tok.decoder)):
         blocks.append(("decoder", f"decoder {i + 1}", label, shape_text(rec.shapes[mods[-1]]),
                        sum(n(m) for m in mods)))

@@ -49,6 +49,7 @@ CONFIG = dict(
     long_horizon=30,       # a longer rollout, run only when T >= context + long_horizon (0: off)
     batch_size=32,
     device="auto",         # auto | cpu | cuda | mps
+    bf16="auto",           # bf16 autocast: auto = as the checkpoint's run was evaluated (its --bf16) | true | false
     out_dir="",            # default: results/<run>/eval
     json_path="",          # default: <out_dir>/metrics.json
     examples=3,            # sequences shown in the PNG (and the GIF)
@@ -396,6 +397,18 @@ def to_json(results: dict) -> dict:
     return out
 
 
+def resolve_bf16(value: str, ckpt_config: dict) -> bool:
+    """--bf16: 'auto' takes the training run's setting, so this script prints the numbers the
+    training script printed (bf16 and float32 rollouts differ in the last digits, and a
+    sharp rollout can amplify that); true / false force it."""
+    low = value.lower()
+    if low == "auto":
+        return bool(ckpt_config.get("bf16", True))
+    if low in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return low in ("1", "true", "yes", "on")
+    raise SystemExit(f"error: --bf16 expects auto, true or false, got '{value}'")
+
+
 # ----------------------------------------------------------------------------------------
 def main():
     cfg = utils.parse_overrides(CONFIG)
@@ -411,6 +424,7 @@ def main():
     ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
     model, ckpt = load_model(ckpt_path, device)
     ckpt_config = ckpt.get("config") or {}
+    bf16 = resolve_bf16(cfg["bf16"], ckpt_config)
     run = ckpt_config.get("run") or "sharp_v2"
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "eval"
     json_path = Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "metrics.json"
@@ -442,7 +456,7 @@ def main():
 
     print(f"evaluating {ckpt_path} on {data_name} ({n} sequences, {ctx} context -> {hor} predicted)")
     ev = evaluate(model, frames, device, ctx, hor, cfg["long_horizon"], positions, cfg["batch_size"], example_ids,
-                  actions=actions, reader=READER.get(Path(str(data_name)).parent.name if cfg["data"] else str(data_name), {}))
+                  actions=actions, bf16=bf16, reader=READER.get(Path(str(data_name)).parent.name if cfg["data"] else str(data_name), {}))
     results, long_results, long_h, ex = ev["short"], ev["long"], ev["long_horizon"], ev["examples"]
 
     print_table(results, f"per-step metrics, {ctx} -> {hor} (model | copy-last | blank)")
@@ -456,7 +470,7 @@ def main():
     summary = {
         "config": cfg, "checkpoint": str(ckpt_path), "run": run, "dataset": data_name,
         "num_sequences": n, "frames_per_sequence": T, "context": ctx, "horizon": hor,
-        "device": str(device), "model_config": model.config.to_dict(), "example_sequences": example_ids,
+        "device": str(device), "bf16": bf16, "model_config": model.config.to_dict(), "example_sequences": example_ids,
         "position_error": positions is not None,
         **to_json(results),
     }

@@ -98,11 +98,11 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
     """--init_tokenizer skips the tokenizer phase: candidates for the dynamics are
     compared on one tokenizer."""
     ckpt = single / "checkpoints" / "one" / "latest.pt"
-    train(data_root, tmp_path, "emb", "--predict=embedding", f"--init_tokenizer={ckpt}", "--dyn_steps=2",
+    train(data_root, tmp_path, "part", "--predict=particles", f"--init_tokenizer={ckpt}", "--dyn_steps=2",
           "--physics_sequences=0")
-    a, b = weights(single, "one"), weights(tmp_path, "emb")
+    a, b = weights(single, "one"), weights(tmp_path, "part")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("tokenizer."))
-    hist = torch.load(tmp_path / "checkpoints" / "emb" / "latest.pt", weights_only=True)["history"]
+    hist = torch.load(tmp_path / "checkpoints" / "part" / "latest.pt", weights_only=True)["history"]
     assert hist["tokenizer"] == [] and len(hist["dynamics"]) == 2
 
 

@@ -1,11 +1,13 @@
 """training/world_model.py: quantizer against a plain reference, EMA and restarts,
 straight-through gradients, ConvGRU and rollout shapes, a tiny model that learns."""
+import pytest
 import torch
 
 from training.motion import compose, correlation, read, warp
 from training.world_model import ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
+ACTION_UNITS = ["motion", "particles"]   # the units that take actions (layers refuses them)
 
 
 def reference_quantize(z, codebook, beta):
@@ -119,11 +121,12 @@ def test_rollout_shapes_range_and_actions():
     ctx = torch.rand(2, 4, 1, 64, 64)
     pred = model.rollout(ctx, horizon=5)
     assert pred.shape == (2, 5, 1, 64, 64) and pred.min() >= 0 and pred.max() <= 1
-    emb_model = SharpWorldModelV2(**TINY, predict="embedding", action_dim=3, reward_head=True).eval()
-    state = emb_model.observe(ctx, actions=torch.zeros(2, 4, 3))
-    out = emb_model.imagine(state, 3, actions=torch.zeros(2, 3, 3))
-    assert out["frames"].shape == (2, 3, 1, 64, 64) and out["codes"].shape == (2, 3, 16, 16)
-    assert out["rewards"].shape == (2, 3)
+    for predict in ACTION_UNITS:
+        act_model = SharpWorldModelV2(**TINY, predict=predict, action_dim=3, reward_head=True).eval()
+        state = act_model.observe(ctx, actions=torch.zeros(2, 4, 3))
+        out = act_model.imagine(state, 3, actions=torch.zeros(2, 3, 3))
+        assert out["frames"].shape == (2, 3, 1, 64, 64) and out["codes"].shape == (2, 3, 16, 16)
+        assert out["rewards"].shape == (2, 3)
 
 
 def _moving_square_clips(n=4, T=6):
@@ -186,11 +189,12 @@ def test_model_config_is_the_one_source_of_settings():
         raise AssertionError("an unknown checkpoint setting must be refused")
 
 
-def test_action_at_step_k_changes_frame_k_plus_1_and_not_earlier():
+@pytest.mark.parametrize("predict", ACTION_UNITS)
+def test_action_at_step_k_changes_frame_k_plus_1_and_not_earlier(predict):
     """The action taken at frame k leads to frame k+1: changing the action of absolute
     frame k (context Tc = 4, horizon 5) leaves predicted frames before k+1 alone."""
     torch.manual_seed(0)
-    model = _random_head(SharpWorldModelV2(**TINY, action_dim=2)).eval()
+    model = _random_head(SharpWorldModelV2(**TINY, action_dim=2, predict=predict)).eval()
     ctx = _moving_square_clips(n=2)[:, :4]
     actions = torch.zeros(2, 9, 2)
     base = model.rollout(ctx, 5, actions)
@@ -205,20 +209,22 @@ def test_action_at_step_k_changes_frame_k_plus_1_and_not_earlier():
     assert model.latent(state).shape == (2, TINY["hidden"] * TINY["layers"] * 16) == (2, model.dynamics.latent_dim)
 
 
-def test_tiny_model_learns_an_action_driven_push():
-    """A square pushed by the action (x += 3 a_t px, a_t = +-1 drawn at random): trained
-    free-running, the model follows the actions it is given; with the actions negated its
-    prediction is far worse."""
+@pytest.mark.parametrize("predict", ACTION_UNITS)
+def test_tiny_model_learns_an_action_driven_push(predict):
+    """A square pushed by a force (v += a_t px/frame, x += v; a_t = +-1 drawn at random, as
+    PushBall's force changes the ball's velocity): trained free-running, the model follows
+    the actions it is given; with the actions negated or zero its prediction is far worse."""
     torch.manual_seed(0)
     n, T = 8, 7
     acts = torch.randint(0, 2, (n, T, 1)).float() * 2 - 1
     frames = torch.zeros(n, T, 1, 64, 64)
-    x = torch.full((n,), 28.0)
+    x, v = torch.full((n,), 28.0), torch.zeros(n)
     for t in range(T):
         for b in range(n):
             frames[b, t, 0, 24:32, int(x[b]):int(x[b]) + 8] = torch.linspace(0.4, 1.0, 8)
-        x = x + 3 * acts[:, t, 0]
-    model = SharpWorldModelV2(**TINY, action_dim=1)
+        v = v + acts[:, t, 0]
+        x = x + v
+    model = SharpWorldModelV2(**TINY, action_dim=1, predict=predict)
     model.tokenizer.requires_grad_(False)
     batch = {"frames": frames, "codes": model.encode_clip(frames), "actions": acts}
     opt = torch.optim.Adam(model.dynamics.parameters(), 1e-2)
@@ -232,12 +238,13 @@ def test_tiny_model_learns_an_action_driven_push():
     assert error(acts) < 0.1 * min(error(-acts), error(torch.zeros_like(acts)))
 
 
-def test_imagined_step_is_differentiable_in_the_action():
+@pytest.mark.parametrize("predict", ACTION_UNITS)
+def test_imagined_step_is_differentiable_in_the_action(predict):
     """With gradients on, an imagined step passes d/d(action) through the warp and a
     straight-through re-tokenisation (the agent's pathwise actor gradient); with them off
     it gives the same codes."""
     torch.manual_seed(0)
-    model = _random_head(SharpWorldModelV2(**TINY, action_dim=2, reward_head=True)).eval()
+    model = _random_head(SharpWorldModelV2(**TINY, action_dim=2, reward_head=True, predict=predict)).eval()
     model.requires_grad_(False)
     ctx = _moving_square_clips(n=2)[:, :2]
     state = model.observe(ctx, torch.zeros(2, 2, 2))

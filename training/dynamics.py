@@ -1,22 +1,23 @@
-"""Dynamics units that move or regress the whole frame: how SharpWorldModelV2 turns the
-ConvGRU core's output into the next latent (training/world_model.py picks one by
-`predict`; training/layers.py holds the third, RigidLayers).
+"""The shared frame-by-frame loop of the dynamics units, and the displacement field: how
+SharpWorldModelV2 turns the ConvGRU core's output into the next latent
+(training/world_model.py picks a unit by `predict`; training/particles.py and
+training/layers.py hold the other two).
 
+    FrameUnit            the loop every frame-by-frame unit shares: the core reads each
+                         observed frame, then each of its own predictions; one real frame
+                         at a time (`observe_next`), one imagined frame at a time (`step`)
     MotionField          predict="motion": the head gives a displacement field d_t (px per
                          frame); the last observed frame (the anchor) is backward-warped by
                          the displacements composed since it and re-tokenised:
                              x_{t+1}(p) = anchor(p - D_t(p)),  D_t = d_t o D_{t-1}
                              z_{t+1} = VQ(E(x_{t+1})),  shown as D(z_{t+1})
-    EmbeddingRegression  predict="embedding": the head gives a residual on the code
-                         embeddings, snapped to the codebook (the blurry reference)
 
 Each unit has the same four methods, used by the model: observe(model, context, actions,
 codes) -> state; imagine(model, state, horizon, actions) -> {'frames', 'codes',
 ['rewards']}; latent(model, state) -> (B, F); loss(model, batch, context, forced) ->
-(loss, logs). The two units here also step one frame at a time for the agent
-(observe_next for a real frame, step for an imagined one). Both share the unrolled loop
-of `FrameUnit` and differ only in `advance` (one step's prediction), `step_loss` and how
-a prediction is fed back.
+(loss, logs). A FrameUnit subclass defines `advance` (one step's prediction from the
+head's output), `step_loss`, and, where it needs them, `anchor` (what an observed frame
+resets) and `planes` (extra inputs of the core).
 """
 from __future__ import annotations
 
@@ -58,10 +59,17 @@ class FrameUnit:
     def advance(self, model, state, raw, sample: bool):
         raise NotImplementedError
 
-    @staticmethod
-    def _read(model, state, emb, codes, prev_action):
+    def anchor(self, state, frame):
+        """A real frame (B, 1, H, W) becomes what the next prediction starts from."""
+        state["anchor"], state["motion"] = frame.float(), None
+
+    def planes(self, model, state):
+        """Extra input planes of the core for the frame it reads now (B, extra_in, h, w), or None."""
+        return None
+
+    def _read(self, model, state, emb, codes, prev_action):
         """The core reads frame t (its embedding) after the action that led to it."""
-        feats, hidden = model.dynamics.step(emb, state["hidden"], prev_action)
+        feats, hidden = model.dynamics.step(emb, state["hidden"], prev_action, self.planes(model, state))
         latent = model.dynamics.compact(feats, emb)
         return {**state, "hidden": hidden, "feats": feats, "codes": codes, "emb_in": emb, "latent": latent,
                 "reward": model.dynamics.predict_reward(latent)}
@@ -73,9 +81,9 @@ class FrameUnit:
             B = frame.shape[0]
             state = {"hidden": model.dynamics.init_hidden(B, frame.device, model.grid, model.grid)}
             action = None
-        state = self._read(model, state, model.embed(codes), codes, action)
-        state["anchor"], state["motion"] = frame.float(), None
-        return state
+        state = dict(state)
+        self.anchor(state, frame)
+        return self._read(model, state, model.embed(codes), codes, action)
 
     def observe(self, model, context, actions=None, codes=None):
         if codes is None:
@@ -101,7 +109,8 @@ class FrameUnit:
                 rewards.append(state["reward"])
         codes = torch.stack(codes, 1)
         B, N = codes.shape[:2]
-        result = {"frames": model.decode(codes.flatten(0, 1)).view(B, N, *state["anchor"].shape[1:]),
+        frames = model.decode(codes.flatten(0, 1))
+        result = {"frames": frames.view(B, N, *frames.shape[1:]),
                   "codes": codes}
         if rewards:
             result["rewards"] = torch.stack(rewards, 1)
@@ -123,13 +132,14 @@ class FrameUnit:
         actions, rewards = batch.get("actions"), reward_targets(model, batch)
         dyn = model.dynamics
         B, T = frames.shape[:2]
-        state = {"hidden": dyn.init_hidden(B, frames.device, model.grid, model.grid),
-                 "anchor": frames[:, 0], "motion": None}
+        state = {"hidden": dyn.init_hidden(B, frames.device, model.grid, model.grid)}
+        self.anchor(state, frames[:, 0])
         emb = model.embed(codes[:, 0])
         total, step_mse = 0.0, []
         for t in range(T - 1):
             state["emb_in"] = emb
-            feats, state["hidden"] = dyn.step(emb, state["hidden"], actions[:, t - 1] if actions is not None and t else None)
+            feats, state["hidden"] = dyn.step(emb, state["hidden"], actions[:, t - 1] if actions is not None and t else None,
+                                              self.planes(model, state))
             raw = dyn.predict(feats, actions[:, t] if actions is not None else None)
             target = frames[:, t + 1]
             pred, fed, _ = self.advance(model, state, raw, sample=False)
@@ -140,7 +150,8 @@ class FrameUnit:
             step_mse.append((pred.detach() - target).pow(2).flatten(1).sum(1).mean().item())
             teacher = t + 1 < context or (forced is not None and forced[t])
             if teacher:   # the true frame becomes the new anchor
-                state["anchor"], state["motion"], emb = target, None, model.embed(codes[:, t + 1])
+                self.anchor(state, target)
+                emb = model.embed(codes[:, t + 1])
             else:
                 emb = fed
         loss = total / (T - 1)
@@ -186,30 +197,3 @@ class MotionField(FrameUnit):
         mass_t = target.sum((1, 2, 3))
         mass = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
         return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass
-
-
-class EmbeddingRegression(FrameUnit):
-    """predict="embedding": next code embeddings = current + the head's residual, snapped
-    to the nearest codes. Loss: PIXEL_WEIGHT x pixel MSE of the decoded embeddings, the MSE
-    at 1/4 resolution, the embedding MSE and 0.1 x code cross-entropy. Fed back with a
-    straight-through snap, so the gradient flows through the chain."""
-
-    @staticmethod
-    def out_channels(config) -> int:
-        return config.code_dim
-
-    def advance(self, model, state, raw, sample: bool):
-        e = state["emb_in"].float() + raw                                # residual: "no change" is 0
-        with torch.no_grad():
-            codes = model.snap(e)
-        state["emb"] = e
-        pred = model.tokenizer.decode_embeddings(e) if not sample else None
-        return pred, e + (model.embed(codes) - e).detach(), codes
-
-    def step_loss(self, model, state, raw, pred, target, target_codes):
-        e = state["emb"]
-        target_emb = model.embed(target_codes)
-        logits = -model.tokenizer.quantizer.distances(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
-        extra = F.mse_loss(e, target_emb) + 0.1 * F.cross_entropy(logits, target_codes.reshape(-1))
-        wide = F.mse_loss(F.avg_pool2d(pred, 4), F.avg_pool2d(target, 4))
-        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + extra

@@ -57,7 +57,7 @@ CONFIG = dict(
     num_codes=512,
     hidden=64,
     layers=2,
-    predict="motion",          # one dynamics for every dataset: motion | embedding | layers
+    predict="motion",          # one dynamics for every dataset: particles | motion | layers
     objects=2,                 # predict=layers only
     # --- tokenizer phase -----------------------------------------------------------------
     init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one

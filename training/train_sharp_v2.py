@@ -43,7 +43,8 @@ CONFIG = dict(
     num_codes=512,             # codebook size
     hidden=64,                 # ConvGRU channels
     layers=2,                  # stacked ConvGRU cells
-    predict="auto",            # motion (warp a displacement field, re-tokenise) | embedding (regress next codes)
+    predict="auto",            # particles (every pixel a particle with its own velocity, forces from the core,
+                               # splat, re-tokenise) | motion (warp a displacement field, re-tokenise)
                                # | layers (move rigid objects, re-tokenise) | auto: layers on moving_mnist, else motion
     objects=2,                 # predict=layers: rigid layers cut from the last context frame
     # --- tokenizer phase -----------------------------------------------------------------

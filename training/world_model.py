@@ -21,11 +21,12 @@ SharpWorldModelV2.
 
 The dynamics units ("how the next latent is predicted") each own their observe /
 imagine / loss, so nothing here branches on the mode:
-    predict="motion"     training/dynamics.py  MotionField: a displacement field warps the
+    predict="particles"  training/particles.py  Particles: every pixel of the last observed
+                         frame is a particle with its own velocity, the core gives the
+                         forces, the particles are splatted and the frame re-tokenised
+    predict="motion"     training/dynamics.py   MotionField: a displacement field warps the
                          last observed frame, the result is re-tokenised
-    predict="embedding"  training/dynamics.py  EmbeddingRegression: regress the next code
-                         embeddings (the blurry reference the README compares against)
-    predict="layers"     training/layers.py    RigidLayers: the last frame cut into rigid
+    predict="layers"     training/layers.py     RigidLayers: the last frame cut into rigid
                          objects, each moved by the ConvGRU, overlaid and re-tokenised
 Why moving content and re-tokenising: regressing codes or embeddings averages over the
 model's uncertainty and decoded rollouts turn to grey blobs within a few steps; snapping
@@ -45,15 +46,16 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.dynamics import EmbeddingRegression, MotionField
+from training.dynamics import MotionField
 from training.layers import RigidLayers
+from training.particles import Particles
 
 LATENT_POOL = 4       # the compact state: ConvGRU features average-pooled to 4 x 4 regions ...
 KEYPOINTS = 16        # ... plus, with a reward head, this many learned keypoints (x, y)
 KEYPOINT_SHARPNESS = 10.0   # keypoint maps are scaled by this before their softmax (peaked from the start)
 REWARD_UNITS = 128    # hidden units of the reward head
 
-UNITS = {"motion": MotionField, "embedding": EmbeddingRegression, "layers": RigidLayers}
+UNITS = {"motion": MotionField, "particles": Particles, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
 
 
@@ -66,7 +68,7 @@ class ModelConfig:
     hidden: int = 64            # ConvGRU channels
     layers: int = 2             # stacked ConvGRU cells
     action_dim: int = 0         # > 0: the action of every frame leads to the next (Dynamics)
-    predict: str = "motion"     # motion | embedding | layers (see the module docstring)
+    predict: str = "motion"     # particles | motion | layers (see the module docstring)
     reward_head: bool = False   # predict the reward of each frame (the agent's)
     image_size: int = 64        # frames are image_size x image_size
     max_motion: float = 8.0     # bound of one step's displacement, px/frame
@@ -468,12 +470,12 @@ class SharpWorldModelV2(nn.Module):
 
     def step(self, state, action=None):
         """One imagined frame: the state of the frame that `action` (B, A) leads to, with
-        its codes in state['codes'] (motion and embedding units)."""
+        its codes in state["codes"] (the frame-by-frame units: particles, motion)."""
         return self.unit.step(self, state, action)
 
     def observe_next(self, state, frame, action=None, codes=None):
         """One real frame (B, 1, H, W) that `action` led to: the state of that frame,
-        anchored on it (motion and embedding units)."""
+        anchored on it (the frame-by-frame units: particles, motion)."""
         return self.unit.observe_next(self, state, frame, action, codes)
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ the world model's imagination, and be judged in the real environment.
 The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions, train
 the VQ-VAE tokenizer on their frames (then frozen: the scene's look does not change) and
 record held-out episodes; then every iteration (1) train the action-conditioned
-SharpWorldModelV2 (predict=motion, with its reward head) on windows of the replay,
+SharpWorldModelV2 (its `predict` unit, with its reward head) on windows of the replay,
 (2) train the actor and critic (training/agent.py) on imagined rollouts of `horizon`
 steps that start from the model's states of real windows, (3) collect new episodes in
 the real environment (data_utils/envs.py) with the sampled policy. At the end the greedy
@@ -40,6 +40,8 @@ from data_utils import envs  # noqa: E402
 from training.agent import Agent, AgentConfig, imagine  # noqa: E402
 from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
 
+ACTION_UNITS = ("particles", "motion")   # dynamics units that take an action at every step
+
 CONFIG = dict(
     # --- run ---------------------------------------------------------------------------
     run="rl",                  # checkpoints/<run>/ and results/<run>/
@@ -55,6 +57,7 @@ CONFIG = dict(
     episodes_per_iter=8,       # episodes collected with the policy each iteration
     test_episodes=32,          # held-out episodes (half random, half reference) for the reward error
     # --- world model (training/world_model.py ModelConfig) -------------------------------
+    predict="motion",          # the dynamics unit: particles | motion (training/world_model.py)
     channels=16, code_dim=32, num_codes=128, hidden=16, layers=2, max_motion=8.0,
     tok_steps=300,             # tokenizer steps on seed-episode frames (then frozen)
     tok_batch=64,
@@ -259,13 +262,13 @@ def reward_step(cfg, model, opt, replay, device, rng) -> float:
     world-model step, and the keypoints get the many updates they need to lock onto the
     bodies (docs/experiments.md). Returns the reward MSE."""
     batch = replay.windows(rng, cfg["wm_batch"], cfg["wm_window"], device)
-    B, L = batch["codes"].shape[:2]
     dyn = model.dynamics
     with torch.no_grad(), utils.autocast(device, cfg["bf16"]):
-        hidden, feats = dyn.init_hidden(B, device, model.grid, model.grid), []
-        for t in range(L):
-            f, hidden = dyn.step(model.embed(batch["codes"][:, t]), hidden, batch["actions"][:, t - 1] if t else None)
-            feats.append(f.float())
+        state, feats = None, []
+        for t in range(batch["codes"].shape[1]):
+            state = model.observe_next(state, batch["frames"][:, t], batch["actions"][:, t - 1] if t else None,
+                                       batch["codes"][:, t])
+            feats.append(state["feats"].float())
     feats = torch.stack(feats, 1).flatten(0, 1)
     emb = model.embed(batch["codes"].flatten(0, 1))
     loss = F.mse_loss(dyn.predict_reward(dyn.compact(feats, emb)), batch["rewards"].flatten())
@@ -462,8 +465,11 @@ def imagined_vs_real(cfg, model, ev: dict, device, path: Path, episodes: int = 3
 
 # ----------------------------------------------------------------------------------------
 def build(cfg, device):
-    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "predict": "motion", "action_dim": 2,
-                                                      "reward_head": True, "image_size": 64})).to(device)
+    if cfg["predict"] not in ACTION_UNITS:
+        raise SystemExit(f"error: --predict must be one of {', '.join(ACTION_UNITS)} (the units that take "
+                         f"actions), got '{cfg['predict']}'")
+    model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "action_dim": 2, "reward_head": True,
+                                                      "image_size": 64})).to(device)
     agent = Agent(AgentConfig(latent_dim=model.dynamics.latent_dim, action_dim=2,
                               units=cfg["units"], horizon=cfg["horizon"], gamma=cfg["gamma"], lam=cfg["lam"],
                               entropy=cfg["entropy"], actor_grad=cfg["actor_grad"], actor_lr=cfg["actor_lr"],
