@@ -1,5 +1,5 @@
 # make quickstart     .venv, the ten datasets, the Moving MNIST world model and its evaluation
-# make all            everything: quickstart, the 40-frame clips, one world model on all ten
+# make all            everything: quickstart, the SimVP-style baseline, the 40-frame clips, one world model on all ten
 #                     datasets with its per-dataset and physics evaluation, the agent with its
 #                     real-environment evaluation, the architecture diagram; then the list of
 #                     pictures and tables
@@ -15,7 +15,7 @@
 #             runs sharp_v2_full and comprehensive_full; the data is full size either way and
 #             the agent has no separate full-size setting
 #   NPROC=N   train_comprehensive.py under torchrun with N processes (one per GPU with CUDA)
-# SHARP_ARGS, COMP_ARGS, RL_ARGS (--key=value settings) replace a step's settings.
+# SHARP_ARGS, BASE_ARGS, COMP_ARGS, RL_ARGS (--key=value settings) replace a step's settings.
 PYTHON ?= python3
 PY := .venv/bin/python
 NPROC ?= 1
@@ -36,6 +36,7 @@ SHARP_RUN := sharp_v2
 COMP_RUN := comprehensive
 endif
 RL_RUN := rl
+BASE_RUN := baseline
 
 # --resume when checkpoints/<run>/latest.pt exists (never under FORCE, which starts afresh)
 resume = $(if $(FORCED),,$(if $(wildcard checkpoints/$(1)/latest.pt),--resume))
@@ -48,10 +49,12 @@ DATA := $(foreach d,$(PHYSICS_SETS) $(DIVERSE_SETS),data/$(d)/meta.json)
 DATA40 := $(foreach d,$(PHYSICS_SETS) $(DIVERSE_SETS),data/frames40/$(d)/meta.json)
 SHARP := results/$(SHARP_RUN)/metrics.json
 SHARP_EVAL := results/$(SHARP_RUN)/eval/metrics.json
+BASE := results/$(BASE_RUN)/metrics.json
 COMP := results/$(COMP_RUN)/physics/physics.json
 RL := results/$(RL_RUN)/eval.json
 ARCH := results/architecture/architecture_diagram.png
-OUTPUT_DIRS := results/previews results/$(SHARP_RUN) results/$(COMP_RUN) results/$(RL_RUN) results/architecture
+OUTPUT_DIRS := results/previews results/$(SHARP_RUN) results/$(BASE_RUN) results/$(COMP_RUN) results/$(RL_RUN) \
+	results/architecture
 
 # PNGs, GIFs and tables (Markdown, and the JSON results other than config.json) under $(1)
 list_outputs = @echo "Pictures and tables in $(1):"; \
@@ -92,6 +95,11 @@ $(SHARP): $(FORCED) | data/moving_mnist/meta.json
 $(SHARP_EVAL): $(SHARP) $(FORCED)
 	$(PY) evaluation/eval_sharp.py --checkpoint=checkpoints/$(SHARP_RUN)/latest.pt
 
+# ---- the learned baseline on Moving MNIST: a SimVP-style CNN for the same 25 minutes ------------
+$(BASE): $(FORCED) | data/moving_mnist/meta.json
+	$(call fresh,$(BASE_RUN))
+	$(strip $(PY) training/train_baseline.py $(BASE_ARGS) $(call resume,$(BASE_RUN)))
+
 # ---- one world model on all ten datasets, per-dataset and physics evaluation ----------------
 $(COMP): $(FORCED) | $(DATA) $(DATA40)
 	$(call fresh,$(COMP_RUN))
@@ -112,10 +120,11 @@ quickstart: $(DATA) $(SHARP_EVAL)
 comprehensive: $(COMP)
 	$(call list_outputs,results/$(COMP_RUN))
 
+baseline: $(BASE)
 agent: $(RL)
 architecture: $(ARCH)
 
-all: $(DATA) $(SHARP_EVAL) $(DATA40) $(COMP) $(RL) $(ARCH)
+all: $(DATA) $(SHARP_EVAL) $(BASE) $(DATA40) $(COMP) $(RL) $(ARCH)
 	$(call list_outputs,$(OUTPUT_DIRS))
 
 # the pictures the README shows, from the runs that made them
@@ -128,4 +137,4 @@ docs-images:
 
 force:
 
-.PHONY: setup test data data40 quickstart comprehensive agent architecture all docs-images force
+.PHONY: setup test data data40 quickstart baseline comprehensive agent architecture all docs-images force
