@@ -14,8 +14,8 @@
 #   FORCE=1   redo every step from scratch; deletes the runs' checkpoints/<run>/ and
 #             results/<run>/ first (the datasets are regenerated in place)
 #   FULL=1    the full-size world-model settings (meant for a GPU; never run here) under the
-#             runs sharp_v2_full and comprehensive_full; the data is full size either way and
-#             the agent has no separate full-size setting
+#             runs sharp_v2_full and comprehensive_full; the data is full size either way; the
+#             agent and the baseline have no separate full-size setting
 #   NPROC=N   train_comprehensive.py under torchrun with N processes (one per GPU with CUDA)
 # SHARP_ARGS, BASE_ARGS, COMP_ARGS, RL_ARGS (--key=value settings) replace a step's settings.
 PYTHON ?= python3

@@ -209,14 +209,14 @@ def bench_model(args) -> dict:
             dopt.step()
 
         s = _time_steps(dyn_step, max(2, args.steps // 3), device)
-        # frames the loss predicts per clip: every step after the first (motion, embedding)
+        # frames the loss predicts per clip: every step after the first (motion, particles)
         # or the frames after the context (layers)
         n_frames = clips.shape[0] * (clips.shape[1] - (ctx if model_cfg.predict == "layers" else 1))
         rows.append({"phase": "dynamics", "precision": "bf16" if bf16 else "fp32", "batch": clips.shape[0],
                      "s_per_step": round(s, 4), "frames_per_s": round(n_frames / s, 1)})
     result = {"section": "model", "device": str(device), "model_config": model_cfg.to_dict(),
               "what": "median seconds per optimiser step (forward, backward, AdamW) after 2 warm-up steps; "
-                      "dynamics frames = clips x predicted frames (T-1 for motion/embedding, T-context "
+                      "dynamics frames = clips x predicted frames (T-1 for motion/particles, T-context "
                       "for layers), free-running after the context",
               "rows": rows, "machine": machine, "command": "python " + " ".join(map(shlex.quote, sys.argv))}
     run_metrics = utils.REPO_ROOT / "results" / args.run / "metrics.json"

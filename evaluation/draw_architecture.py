@@ -131,12 +131,13 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     blocks.append(("quantizer", "embeddings", "codebook lookup", f"{q.dim} x {grid[0]} x {grid[1]}", None))
     predict = model.config.predict
     extra = ("emb+xy" + ("+act" if dyn.action_dim else "")
-             + (f"+layer {model.unit.extra_in}" if model.unit.extra_in else ""))
+             + (f"+{ {'layers': 'layer', 'particles': 'motion'}[predict]} {model.unit.extra_in}"
+                if model.unit.extra_in else ""))
     blocks.append(("dynamics", "stem", f"{describe(dyn.stem)} ({dyn.stem.in_channels} ch: {extra})",
                    shape_text(rec.shapes[dyn.stem]), n(dyn.stem)))
     blocks.append(("dynamics", f"ConvGRU x {len(dyn.cells)}", "stacked cells, state kept",
                    shape_text(rec.shapes[dyn.cells[0]]) + " each", sum(n(c) for c in dyn.cells)))
-    head_name = {"motion": "motion head (px/frame)", "particles": "force head (velocity, acceleration)",
+    head_name = {"motion": "motion head (px/frame)", "particles": "velocity correction head (px/frame)",
                  "layers": "layer head (pooled)"}[predict]
     head_layers = describe(dyn.head)
     blocks.append(("dynamics", head_name, head_layers, shape_text(rec.shapes[dyn.head]), n(dyn.head)))

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from data_utils.datasets import DatasetError, load_meta, load_split, load_states, parse_names  # noqa: E402
 from evaluation import laws as L  # noqa: E402
-from evaluation.eval_sharp import load_model  # noqa: E402
+from evaluation.eval_sharp import load_model, resolve_bf16  # noqa: E402
 from evaluation.positions import READER, match_bodies, read_bodies  # noqa: E402
 from evaluation.probes import probe, probe_targets  # noqa: E402
 from training.world_model import SharpWorldModelV2  # noqa: E402
@@ -47,7 +47,7 @@ CONFIG = dict(
     horizon=10,            # predicted frames (the clips must have context + horizon frames)
     batch_size=32,
     device="auto",         # auto | cpu | cuda | mps
-    bf16=True,             # bf16 autocast where the hardware has it
+    bf16="auto",           # bf16 autocast: auto = the checkpoint's training setting (its --bf16) | true | false
     seed=0,                # the untrained model's initialisation
     out_dir="",            # default: results/<run>/physics
 )
@@ -289,6 +289,7 @@ def main():
     ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
     model, ckpt = load_model(ckpt_path, device)
     ckpt_config = ckpt.get("config") or {}
+    cfg["bf16"] = resolve_bf16(str(cfg["bf16"]), ckpt_config)
     names = names or names_of(ckpt_config.get("dataset") or ckpt_config.get("datasets", ""))
     run = ckpt_config.get("run") or ckpt_path.parent.name
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "physics"

@@ -47,6 +47,15 @@ def test_loop_writes_its_outputs(full):
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
 
 
+def test_loop_runs_on_the_particle_dynamics(tmp_path):
+    """--predict=particles, the other unit that takes an action at every step, end to end."""
+    rl(tmp_path, "particles", "--predict=particles", "--iterations=1")
+    ckpt = torch.load(tmp_path / "checkpoints" / "particles" / "latest.pt", weights_only=True)
+    assert ckpt["config"]["predict"] == "particles" and ckpt["iteration"] == 1
+    assert np.isfinite(ckpt["history"][-1]["dyn"])
+    assert (tmp_path / "results" / "particles" / "eval.json").stat().st_size > 0
+
+
 def test_killed_run_resumes_to_the_same_state(full, tmp_path):
     """SIGKILL (no clean-up runs) in iteration 2, just after the checkpoint of iteration 1,
     then --resume: the final state is the uninterrupted run's."""

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from training.motion import compose, correlation, read, warp
-from training.world_model import ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss
+from training.world_model import ACTION_UNITS, ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
-ACTION_UNITS = ["motion", "particles"]   # the units that take actions (layers refuses them)
 
 
 def reference_quantize(z, codebook, beta):
@@ -240,7 +239,7 @@ def test_tiny_model_learns_an_action_driven_push(predict):
 
 @pytest.mark.parametrize("predict", ACTION_UNITS)
 def test_imagined_step_is_differentiable_in_the_action(predict):
-    """With gradients on, an imagined step passes d/d(action) through the warp and a
+    """With gradients on, an imagined step passes d/d(action) through the move (warp or splat) and a
     straight-through re-tokenisation (the agent's pathwise actor gradient); with them off
     it gives the same codes."""
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from training import motion
 
 PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight: the wide terms carry most of the signal
-MASS_WEIGHT = 0.1     # motion: relative brightness error of each predicted frame
+MASS_WEIGHT = 0.1     # motion, particles: relative brightness error of each predicted frame
 
 
 def reward_targets(model, batch):
@@ -46,8 +46,10 @@ class FrameUnit:
     ConvGRU states), 'feats' (B, hidden*layers, h, w), 'codes' (B, h, w) and 'emb_in' (the
     frame's tokens and their embedding, what the core read), 'anchor' (the last observed
     frame), 'motion' (the displacement since it, or None), 'reward' (B,) of frame t or
-    None}. One real frame updates it with `observe_next`, one imagined frame with `step`;
-    `observe` and `imagine` are loops over those."""
+    None}; a unit adds its own keys (Particles: the particles and the motion measured last).
+    One real frame updates it with `observe_next`, one imagined frame with `step`;
+    `observe` and `imagine` are loops over those. Each step calls `planes` (the core's extra
+    inputs, which a unit may also record in the state) before `advance`."""
 
     extra_in = 0
 

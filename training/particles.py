@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from training import motion
-from training.dynamics import FrameUnit
+from training.dynamics import MASS_WEIGHT, PIXEL_WEIGHT, FrameUnit
 
 INK = 0.05         # pixels at or below this are empty space, not particles
 READ_RADIUS = 6    # px: the measured motion's search range; it covers 95 % of the per-frame
@@ -77,14 +77,21 @@ class Particles(FrameUnit):
         return 2
 
     def anchor(self, state, frame):
+        """A real frame (B, 1, H, W) becomes the particles: state 'pos' (B, N, 2), 'ink' and
+        'alpha' (B, N) (particles_of) and 'frame', the last frame rendered or observed."""
         frame = frame.float()
+        if frame.shape[-1] != frame.shape[-2]:
+            raise ValueError(f"predict=particles needs square frames, got {tuple(frame.shape[-2:])}")
         state["pos"], state["ink"], state["alpha"] = particles_of(frame)
-        state["vel"] = None
         state["frame"] = frame
 
     def planes(self, model, state):
         """The motion measured between the frame the core read last and the one it reads now
-        (state['frame']: observed, or the last prediction); records the latter as read."""
+        (state['frame']: observed, or the last prediction); records the latter as read
+        (state 'last_read') and the reading as state 'measured' (B, 2, h, w) px/frame, which
+        `advance` starts from. So planes must run before advance on each step, as
+        FrameUnit._read does; after a free-running prediction, a real frame read next
+        (teacher forcing) is measured against that prediction."""
         cur, prev = state["frame"], state.get("last_read")
         state["last_read"] = cur
         B = cur.shape[0]
@@ -108,7 +115,6 @@ class Particles(FrameUnit):
         V = motion.pool_by_motion(V, state["measured"], weight)
         vel = motion.sample_at(V, state["pos"], H, weight)                        # (B, N, 2)
         state["pos"] = state["pos"] + vel
-        state["vel"] = vel
         pred = render(state["pos"], state["ink"], state["alpha"], H, W)
         state["frame"] = pred.detach()
         if sample and torch.is_grad_enabled():
@@ -126,7 +132,6 @@ class Particles(FrameUnit):
         blurred at two widths (a blurred splat is a splat of Gaussians: smooth in the positions,
         so a body that missed its place by more than its width still gets a gradient), and the
         relative brightness error."""
-        from training.dynamics import MASS_WEIGHT, PIXEL_WEIGHT
         wide = sum(F.mse_loss(motion.gaussian_blur(pred, sg), motion.gaussian_blur(target, sg)) for sg in (2.0, 4.0))
         mass_t = target.sum((1, 2, 3))
         mass = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()

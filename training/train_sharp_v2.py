@@ -43,7 +43,7 @@ CONFIG = dict(
     num_codes=512,             # codebook size
     hidden=64,                 # ConvGRU channels
     layers=2,                  # stacked ConvGRU cells
-    predict="auto",            # particles (every pixel a particle with its own velocity, forces from the core,
+    predict="auto",            # particles (every pixel a particle, the core corrects its measured motion,
                                # splat, re-tokenise) | motion (warp a displacement field, re-tokenise)
                                # | layers (move rigid objects, re-tokenise) | auto: layers on moving_mnist, else motion
     objects=2,                 # predict=layers: rigid layers cut from the last context frame

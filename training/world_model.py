@@ -22,8 +22,9 @@ SharpWorldModelV2.
 The dynamics units ("how the next latent is predicted") each own their observe /
 imagine / loss, so nothing here branches on the mode:
     predict="particles"  training/particles.py  Particles: every pixel of the last observed
-                         frame is a particle with its own velocity, the core gives the
-                         forces, the particles are splatted and the frame re-tokenised
+                         frame is a particle; the core corrects the motion measured
+                         between the last two frames, the particles move by it, are
+                         splatted and the frame re-tokenised
     predict="motion"     training/dynamics.py   MotionField: a displacement field warps the
                          last observed frame, the result is re-tokenised
     predict="layers"     training/layers.py     RigidLayers: the last frame cut into rigid
@@ -57,6 +58,7 @@ REWARD_UNITS = 128    # hidden units of the reward head
 
 UNITS = {"motion": MotionField, "particles": Particles, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
+ACTION_UNITS = ("motion", "particles")   # the units that take an action at every step (layers refuses)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class ModelConfig:
             raise ValueError(f"predict must be one of {', '.join(PREDICT_MODES)}, got '{self.predict}'")
         if self.predict == "layers" and (self.action_dim or self.reward_head):
             raise ValueError("predict=layers is an action-free video model (its state holds no rewards or "
-                             "positions an agent can read); use predict=motion with action_dim / reward_head")
+                             "positions an agent can read); use predict=motion or particles with action_dim / reward_head")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
 
@@ -313,7 +315,8 @@ class Dynamics(nn.Module):
     previous action, the core at frame t+1 (zeros before the first action). Coordinate
     channels are appended to the core's input so that cells know where the walls are
     (bounces happen at fixed image positions); actions are broadcast over the grid. The
-    head's last layer starts at zero, so an untrained unit predicts "no change"."""
+    head's last layer starts at zero, so an untrained unit predicts its prior: no motion
+    (motion), the motion measured between the last two frames (particles)."""
 
     def __init__(self, code_dim: int, hidden: int, layers: int, action_dim: int, extra_in: int,
                  out_ch: int, reward_head: bool, grid: int):

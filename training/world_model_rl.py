@@ -38,9 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data_utils import envs  # noqa: E402
 from training.agent import Agent, AgentConfig, imagine  # noqa: E402
-from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
-
-ACTION_UNITS = ("particles", "motion")   # dynamics units that take an action at every step
+from training.world_model import ACTION_UNITS, ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
 
 CONFIG = dict(
     # --- run ---------------------------------------------------------------------------
