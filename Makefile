@@ -131,6 +131,8 @@ all: $(DATA) $(SHARP_EVAL) $(DATA40) $(COMP) $(RL) $(ARCH)
 
 # the pictures the README shows, from the runs that made them
 docs-images:
+	cp results/$(SHARP_RUN)/eval/autoregressive_rollout.png docs/images/moving_mnist_rollout.png
+	cp results/$(SHARP_RUN)/eval/rollout.gif docs/images/moving_mnist_rollout.gif
 	cp results/$(COMP_RUN)/mse_per_step.png docs/images/comprehensive_mse_per_step.png
 	cp results/$(COMP_RUN)/physics_pendulum_result.png results/$(COMP_RUN)/physics_falling_objects_result.png docs/images/
 	cp results/$(COMP_RUN)/physics/laws_pendulum.png docs/images/physics_laws_pendulum.png

@@ -30,6 +30,28 @@ PIXEL_WEIGHT = 0.25   # sharp-pixel MSE weight: the wide terms carry most of the
 MASS_WEIGHT = 0.1     # motion, particles: relative brightness error of each predicted frame
 
 
+def retokenise(model, frame, sample: bool):
+    """A predicted frame (B, 1, H, W) -> (embedding fed to the next step (B, D, h, w), codes
+    (B, h, w)). The loss sees the frame itself (re-tokenising is near-identity and needs no
+    gradient); the next input is its codes, exactly what a rollout feeds back. In an imagined
+    step with gradients on (the agent's pathwise actor gradient, training/agent.py) the snap
+    is straight-through, so the next input carries d(embedding)/d(frame) and so d/d(action)."""
+    if sample and torch.is_grad_enabled():
+        z = model.tokenizer.encode_latent(frame).float()
+        codes = model.snap(z)
+        return z + (model.embed(codes) - z).detach(), codes
+    with torch.no_grad():
+        codes = model.encode(frame)
+    return model.embed(codes), codes
+
+
+def mass_loss(pred, target):
+    """MASS_WEIGHT x the squared relative brightness error of each predicted frame (B, 1, H, W):
+    shrinking or fading content, the MSE-optimal hedge, costs as much as it hides."""
+    mass_t = target.sum((1, 2, 3))
+    return MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
+
+
 def reward_targets(model, batch):
     """batch['rewards'] (B, T) when the model has a reward head (then they are required:
     an untrained head would get no gradient, which DDP refuses), else None."""
@@ -179,23 +201,10 @@ class MotionField(FrameUnit):
         size = state["anchor"].shape[-1]
         state["motion"] = motion.compose(state["motion"], d, size)       # (B, 2, H, W)
         warped = motion.warp(state["anchor"], state["motion"]).clamp(0, 1)
-        if sample and torch.is_grad_enabled():
-            # An imagined step with gradients on (the agent's pathwise actor gradient,
-            # training/agent.py): re-tokenise with a straight-through snap, so the next
-            # input carries d(embedding)/d(warped frame) and so d/d(action).
-            z = model.tokenizer.encode_latent(warped).float()
-            codes = model.snap(z)
-            return warped, z + (model.embed(codes) - z).detach(), codes
-        with torch.no_grad():
-            codes = model.encode(warped)
-        # The loss sees the warped frame itself (re-tokenising is near-identity and has
-        # no gradient); the next input is its codes, exactly what a rollout feeds back.
-        return warped, model.embed(codes), codes
+        return (warped, *retokenise(model, warped, sample))
 
     def step_loss(self, model, state, raw, pred, target, target_codes):
         anchor, D = state["anchor"], state["motion"]
         wide = sum(F.mse_loss(motion.warp(motion.gaussian_blur(anchor, sg), D), motion.gaussian_blur(target, sg))
                    for sg in (2.0, 4.0))
-        mass_t = target.sum((1, 2, 3))
-        mass = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
-        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass
+        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass_loss(pred, target)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from training import motion
-from training.dynamics import MASS_WEIGHT, PIXEL_WEIGHT, FrameUnit
+from training.dynamics import PIXEL_WEIGHT, FrameUnit, mass_loss, retokenise
 
 INK = 0.05         # pixels at or below this are empty space, not particles
 READ_RADIUS = 6    # px: the measured motion's search range; it covers 95 % of the per-frame
@@ -117,15 +117,7 @@ class Particles(FrameUnit):
         state["pos"] = state["pos"] + vel
         pred = render(state["pos"], state["ink"], state["alpha"], H, W)
         state["frame"] = pred.detach()
-        if sample and torch.is_grad_enabled():
-            # An imagined step with gradients on (the agent's pathwise actor gradient):
-            # a straight-through snap, as MotionField.advance.
-            z = model.tokenizer.encode_latent(pred).float()
-            codes = model.snap(z)
-            return pred, z + (model.embed(codes) - z).detach(), codes
-        with torch.no_grad():
-            codes = model.encode(pred)
-        return pred, model.embed(codes), codes
+        return (pred, *retokenise(model, pred, sample))
 
     def step_loss(self, model, state, raw, pred, target, target_codes):
         """MotionField's loss on the splatted frame: PIXEL_WEIGHT x pixel MSE, the MSE of both
@@ -133,6 +125,4 @@ class Particles(FrameUnit):
         so a body that missed its place by more than its width still gets a gradient), and the
         relative brightness error."""
         wide = sum(F.mse_loss(motion.gaussian_blur(pred, sg), motion.gaussian_blur(target, sg)) for sg in (2.0, 4.0))
-        mass_t = target.sum((1, 2, 3))
-        mass = MASS_WEIGHT * ((pred.sum((1, 2, 3)) - mass_t) / mass_t.clamp_min(1.0)).pow(2).mean()
-        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass
+        return PIXEL_WEIGHT * F.mse_loss(pred, target) + wide + mass_loss(pred, target)
