@@ -18,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-# --- CPU tuning, applied on import (see DESIGN.md "CPU performance notes") ---------
+# --- CPU tuning, applied on import --------------------------------------------------
 # A spinning OpenMP pool collapses when another process shares the 2 cores; PASSIVE
 # makes idle workers sleep. setdefault: the user's own setting always wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -51,10 +51,13 @@ REPO_ROOT = Path(__file__).resolve().parent
 
 # --- device -------------------------------------------------------------------------
 def pick_device(preference: str | None = None, verbose: bool = True) -> torch.device:
-    """Choose where to run. `preference` (a script's `device` setting) or the
-    VPWM_DEVICE environment variable may be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps';
-    'auto' takes CUDA, then MPS, then the CPU."""
-    pref = (preference or os.environ.get("VPWM_DEVICE") or "auto").lower()
+    """Choose where to run. `preference` (a script's `device` setting) may be 'auto',
+    'cpu', 'cuda', 'cuda:N' or 'mps'; 'auto' (every script's default) takes the
+    VPWM_DEVICE environment variable when it is set, else CUDA, then MPS, then the CPU.
+    So an explicit --device wins over the variable, and the variable over the default."""
+    pref = (preference or "auto").lower()
+    if pref == "auto":
+        pref = (os.environ.get("VPWM_DEVICE") or "auto").lower()
     if pref == "auto":
         if torch.cuda.is_available():
             pref = "cuda"

@@ -1,4 +1,4 @@
-"""Loading the generated datasets (DESIGN.md "Data format") and PyTorch windows over them.
+"""Loading the generated datasets (docs/data.md) and PyTorch windows over them.
 
     from data_utils.datasets import SequenceWindows, load_split
     train = SequenceWindows(["moving_mnist", "pendulum"], "train", context=10, target=10)

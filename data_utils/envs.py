@@ -328,7 +328,7 @@ def reference_act_fn(obs, info):
 CONFIG = {
     "episodes": 30,          # environments (seeds seed .. seed + episodes - 1)
     "seed": 0,
-    "out": "results/envs",
+    "out": "",               # '' = <repo>/results/envs
 }
 
 
@@ -345,7 +345,7 @@ def main(argv=None):
     print(f"{'policy':10s} {'mean return':>12s} {'final distance (px)':>20s} {'success':>8s}")
     for name, s in summary.items():
         print(f"{name:10s} {s['mean_return']:12.3f} {s['mean_final_distance']:20.2f} {s['success_rate']:8.2f}")
-    out = Path(cfg["out"])
+    out = Path(cfg["out"]) if cfg["out"] else utils.REPO_ROOT / "results" / "envs"
     utils.save_json({"env": ENV_ID, "size": env.size, "episode_steps": env.episode_steps,
                      "physics": asdict(env.p), "reference_kp_kd": [REF_KP, REF_KD],
                      "success_radius_px": SUCCESS_RADIUS, "summary": summary,

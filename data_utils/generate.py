@@ -181,7 +181,7 @@ def generate_dataset(name: str, *, num: int | None = None, frames: int = 20, siz
                      out: Path = DEFAULT_OUT, pool=None, workers: int = 1, preview: bool = True,
                      preview_copy_dir: Path | None = None, command: str | None = None,
                      options: dict | None = None, progress: bool = True) -> dict:
-    """Make `<out>/<name>/` (see DESIGN.md "Data format"); returns timing stats.
+    """Make `<out>/<name>/` (docs/data.md); returns timing stats.
 
     `pool` (a multiprocessing Pool) runs the chunks; without one they run in this process.
     """

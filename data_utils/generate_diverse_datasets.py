@@ -1,4 +1,4 @@
-"""Make the six advanced physics datasets (see DESIGN.md "Data format").
+"""Make the six advanced physics datasets (docs/data.md).
 
     python data_utils/generate_diverse_datasets.py              # all six (default --dataset all)
     python data_utils/generate_diverse_datasets.py --dataset orbital_motion --num 200

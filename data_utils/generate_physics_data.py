@@ -1,4 +1,4 @@
-"""Make Moving MNIST and the three basic physics datasets (see DESIGN.md "Data format").
+"""Make Moving MNIST and the three basic physics datasets (docs/data.md).
 
     python data_utils/generate_physics_data.py --dataset all
     python data_utils/generate_physics_data.py --dataset pendulum --num 200 --out /tmp/data

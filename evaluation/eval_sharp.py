@@ -21,7 +21,7 @@ Writes into `out_dir` (default results/<run>/eval/):
     per_step_metrics.png         MSE, MAE, SSIM, PSNR, two sharpness ratios (and body-position error) per step
     metrics.json                 settings, per-step arrays and means for model and baselines
 and prints a per-step table. Body-position error is added when the data has a
-`<split>_states.npz` with `pos` beside it (DESIGN.md "Data format").
+`<split>_states.npz` with `pos` beside it (docs/data.md).
 """
 import sys
 from pathlib import Path
@@ -116,7 +116,7 @@ def load_frames(cfg: dict, ckpt_config: dict):
     except (DatasetError, FileNotFoundError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise SystemExit(f"error: {msg}") from None
-    # the memmap knows its file; <split>.npy sits beside <split>_states.npz (DESIGN.md "Data format")
+    # the memmap knows its file; <split>.npy sits beside <split>_states.npz (docs/data.md)
     return frames, str(name), Path(getattr(frames, "filename", None) or cfg["data"] or ".")
 
 

@@ -1,6 +1,6 @@
 """Per-step video-prediction metrics and baselines (body positions: evaluation/positions.py).
 
-Conventions (DESIGN.md, "Evaluation"): frames are float in [0, 1] with shape
+Conventions: frames are float in [0, 1] with shape
 (B, T, 1, H, W); every metric is reported *per predicted step* (arrays of length T,
 averaged over the sequences), not only as a mean.
 

@@ -49,7 +49,7 @@ def read_bodies(frames: torch.Tensor, k: int, thin: bool = False, compact: bool 
 
     frames (..., H, W) float in [0, 1] (squeeze the channel first) -> (..., k, 2) float32
     as (x, y) in pixel coordinates, the top-left pixel's centre at (0, 0) (the states'
-    convention, DESIGN.md "Data format"). NaN where fewer than k bodies are visible.
+    convention, docs/data.md). NaN where fewer than k bodies are visible.
     `thin`: remove rods and springs first. `compact` False (a digit's strokes are thinner
     than it is wide): every bright pixel belongs to its nearest body, however far.
     `floor`: intensities at or below it are background."""

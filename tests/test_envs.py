@@ -212,3 +212,16 @@ def test_ball_drawn_at_its_state():
             checked += 1
         obs, _, _, _, info = b.step(rng.uniform(-1, 1, (64, 2)))
     assert checked > 200
+
+
+# --- the script -------------------------------------------------------------------------------
+def test_script_compares_the_two_reference_policies(tmp_path):
+    """`python data_utils/envs.py` as a user runs it: the table, the JSON and the preview."""
+    import json
+
+    from tests.scripts import run
+    proc = run(["data_utils/envs.py", "--episodes=4", f"--out={tmp_path}"])
+    assert "reference" in proc.stdout and "random" in proc.stdout
+    summary = json.loads((tmp_path / "pushball_eval.json").read_text())["summary"]
+    assert summary["reference"]["mean_return"] > summary["random"]["mean_return"]
+    assert (tmp_path / "pushball_preview.png").stat().st_size > 0

@@ -47,6 +47,9 @@ def test_device_choice(monkeypatch):
     assert utils.pick_device("auto", verbose=False).type == "cuda"
     monkeypatch.setenv("VPWM_DEVICE", "cpu")
     assert utils.pick_device(None, verbose=False).type == "cpu"  # env var overrides auto
+    assert utils.pick_device("auto", verbose=False).type == "cpu"  # a script's default is auto
+    monkeypatch.setenv("VPWM_DEVICE", "cuda")
+    assert utils.pick_device("cpu", verbose=False).type == "cpu"  # an explicit --device wins
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="CUDA is not available"):
         utils.pick_device("cuda", verbose=False)

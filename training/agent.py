@@ -309,7 +309,7 @@ class AgentConfig:
     action_dim: int
     units: int = 256
     horizon: int = 15            # imagination length (DreamerV3: 15)
-    gamma: float = 0.99          # DESIGN.md: "a discount near 0.99" (DreamerV3: 1 - 1/333)
+    gamma: float = 0.99          # a discount near 0.99 (DreamerV3: 1 - 1/333)
     lam: float = 0.95            # lambda of the returns (DreamerV3: 0.95)
     entropy: float = 3e-4        # eta (DreamerV3: 3e-4, meaningful because advantages are normalised)
     actor_grad: str = "dynamics"  # "dynamics" (pathwise, Dreamer V1) or "reinforce" (DreamerV3); actor_loss

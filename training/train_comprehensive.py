@@ -70,7 +70,7 @@ CONFIG = dict(
     dyn_batch=16,              # clips per step (global: split over the processes)
     dyn_lr=1e-3,
     context=10,
-    teacher_forcing_until=0.3,  # fraction of dyn_steps over which teacher forcing fades to 0
+    teacher_forcing_until=0.3,  # fraction of the dynamics phase (its steps, or its time under minutes) over which teacher forcing fades to 0
     workers=0,                 # DataLoader worker processes
     # --- evaluation and I/O --------------------------------------------------------------
     eval_sequences=128,        # test clips per dataset for the table (0: train only, no evaluation)

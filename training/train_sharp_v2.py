@@ -58,7 +58,7 @@ CONFIG = dict(
     dyn_batch=16,              # clips per step
     dyn_lr=1e-3,
     context=10,                # observed frames; the rest of each clip is predicted
-    teacher_forcing_until=0.3,  # fraction of dyn_steps over which teacher forcing fades to 0 (not layers)
+    teacher_forcing_until=0.3,  # fraction of the dynamics phase (steps, or time under minutes) over which teacher forcing fades to 0 (not layers)
     workers=0,                 # DataLoader worker processes (0: load in the training process)
     # --- evaluation and I/O --------------------------------------------------------------
     eval_sequences=256,        # test clips for the final 10 -> 10 numbers

@@ -81,7 +81,7 @@ CONFIG = dict(
     eval_only=False,           # evaluate --checkpoint on --seeds, no training
     checkpoint="",             # --eval_only: the agent to evaluate
     seeds="",                  # --eval_only: A-B (inclusive); default 1000000..+eval_episodes-1
-    json_path="",              # default results/<run>/eval.json
+    json_path="",              # default results/<run>/eval.json (--eval_only: eval.json beside the checkpoint)
 )
 # Seeds never overlap: training episodes count up from 0, held-out episodes from TEST_SEED,
 # the final evaluation from EVAL_SEED.
