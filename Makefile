@@ -4,7 +4,7 @@
 #                     real-environment evaluation, the architecture diagram; then the list of
 #                     pictures and tables
 # make baseline       the SimVP-style learned baseline on Moving MNIST for the same 25 minutes
-#                     (not part of make all: it would add 25 minutes to a run of about 2.5 hours)
+#                     (not part of make all: it would add 25 minutes to its 2 hours)
 # make test           .venv, then the test suite (what .ci/run runs)
 # make docs-images    copy the README's pictures from results/ into docs/images/
 #
