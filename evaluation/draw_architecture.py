@@ -130,9 +130,9 @@ def trace(model: wm.SharpWorldModelV2, context: int):
     grid = rec.shapes[q][1:]
     blocks.append(("quantizer", "embeddings", "codebook lookup", f"{q.dim} x {grid[0]} x {grid[1]}", None))
     predict = model.config.predict
+    planes = {"layers": "layer", "particles": "motion"}.get(predict, "")   # the unit's extra input planes
     extra = ("emb+xy" + ("+act" if dyn.action_dim else "")
-             + (f"+{ {'layers': 'layer', 'particles': 'motion'}[predict]} {model.unit.extra_in}"
-                if model.unit.extra_in else ""))
+             + (f"+{planes} {model.unit.extra_in}" if model.unit.extra_in else ""))
     blocks.append(("dynamics", "stem", f"{describe(dyn.stem)} ({dyn.stem.in_channels} ch: {extra})",
                    shape_text(rec.shapes[dyn.stem]), n(dyn.stem)))
     blocks.append(("dynamics", f"ConvGRU x {len(dyn.cells)}", "stacked cells, state kept",
