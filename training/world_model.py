@@ -55,6 +55,8 @@ LATENT_POOL = 4       # the compact state: ConvGRU features average-pooled to 4 
 KEYPOINTS = 16        # ... plus, with a reward head, this many learned keypoints (x, y)
 KEYPOINT_SHARPNESS = 10.0   # keypoint maps are scaled by this before their softmax (peaked from the start)
 REWARD_UNITS = 128    # hidden units of the reward head
+PRIOR_UNITS = 512     # hidden units of the latent prior (reward-head models only)
+PRIOR_REWARD_WEIGHT = 10.0   # the reward's weight in the prior's loss
 
 UNITS = {"motion": MotionField, "particles": Particles, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
@@ -342,6 +344,7 @@ class Dynamics(nn.Module):
                               if reward_head else None)
         self.reward = (nn.Sequential(nn.Linear(self.latent_dim, REWARD_UNITS), nn.SiLU(), nn.Linear(REWARD_UNITS, 1))
                        if reward_head else None)
+        self.prior = LatentPrior(self.latent_dim, action_dim) if reward_head and action_dim else None
 
     def init_hidden(self, batch: int, device, h: int, w: int):
         """One (B, hidden, h, w) float32 state per ConvGRU cell."""
@@ -382,20 +385,52 @@ class Dynamics(nn.Module):
         """The compact state of a frame: (B, C, h, w) features (C = hidden*layers) and the
         frame's (B, D, h, w) code embeddings -> (B, latent_dim): the features averaged over
         a 4 x 4 grid of regions, plus the keypoints with a reward head."""
-        feats = feats.float()
-        pooled = F.adaptive_avg_pool2d(feats, LATENT_POOL).flatten(1)
+        return self.latent_from(self.pool(feats), emb)
+
+    @staticmethod
+    def pool(feats):
+        """(B, C, h, w) features -> (B, C * LATENT_POOL^2), averaged over a 4 x 4 grid of regions."""
+        return F.adaptive_avg_pool2d(feats.float(), LATENT_POOL).flatten(1)
+
+    def latent_from(self, pooled, emb):
+        """The compact state from its pooled part (B, C * LATENT_POOL^2), computed once and
+        cached (the agent's latent phase), and the frame's embeddings (B, D, h, w), whose
+        keypoints it appends with their graph (so the keypoint maps can learn from a cache)."""
         if self.keypoint_maps is None:
             return pooled
-        B = feats.shape[0]
+        B = emb.shape[0]
         coords = self.coords.expand(B, -1, -1, -1)
         maps = KEYPOINT_SHARPNESS * self.keypoint_maps(torch.cat([emb.float(), coords], 1)).float()
         attention = torch.softmax(maps.flatten(2), -1)                                  # (B, K, h*w) over the grid
         keypoints = attention @ self.coords.flatten(2).transpose(1, 2)                  # (B, K, 2) in [-1, 1]
-        return torch.cat([pooled, keypoints.flatten(1)], 1)
+        return torch.cat([pooled.float(), keypoints.flatten(1)], 1)
 
     def predict_reward(self, latent):
         """(B, latent_dim) compact state -> (B,) reward of the frame, or None without a reward head."""
         return None if self.reward is None else self.reward(latent).squeeze(1)
+
+
+class LatentPrior(nn.Module):
+    """The compact state's own transition, what an agent imagines with (Dreamer's prior,
+    Hafner et al. 2019/2020: imagination runs in latent space, no frame is drawn):
+        z_{t+1} = z_t + f([z_t, z_t - z_{t-1}, a_t])
+    second order, because a frame's compact state says where bodies are better than how fast
+    they move, and physics needs both. z (B, F) = `Dynamics.compact` of real frames (the
+    posterior); the MLP f starts at zero (the prior "nothing moves"). It learns to reproduce
+    the posterior's sequence open-loop (`SharpWorldModelV2.prior_loss`), and the reward head
+    reads its states as it reads real ones."""
+
+    def __init__(self, latent_dim: int, action_dim: int, units: int = PRIOR_UNITS):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * latent_dim + action_dim, units), nn.LayerNorm(units), nn.SiLU(),
+                                 nn.Linear(units, units), nn.LayerNorm(units), nn.SiLU(),
+                                 nn.Linear(units, latent_dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, prev, cur, action):
+        """prev, cur (B, F) float32, action (B, A) -> next (B, F)."""
+        return cur + self.net(torch.cat([cur, cur - prev, action.to(cur.dtype)], -1)).float()
 
 
 class SharpWorldModelV2(nn.Module):
@@ -480,6 +515,38 @@ class SharpWorldModelV2(nn.Module):
         """One real frame (B, 1, H, W) that `action` led to: the state of that frame,
         anchored on it (the frame-by-frame units: particles, motion)."""
         return self.unit.observe_next(self, state, frame, action, codes)
+
+    def prior_step(self, prev, cur, action):
+        """Imagine in latent space: compact states of frames t-1 and t (B, F) and the action
+        of frame t (B, A) -> the compact state of frame t+1 (B, F). Reward: `reward_of`."""
+        return self.dynamics.prior(prev, cur, action)
+
+    def reward_of(self, latent):
+        """(B, F) compact state -> (B,) its predicted reward (the reward head)."""
+        return self.dynamics.predict_reward(latent)
+
+    def prior_loss(self, latents, actions, rewards, reward_weight: float = PRIOR_REWARD_WEIGHT):
+        """The latent prior's objective on posterior sequences: latents (B, L, F) of real
+        frames (constants here: the prior learns to follow them, not to move them), actions
+        (B, L, A), rewards (B, L). Open loop after the first two states, as imagination runs:
+            z^_{k+1} = prior(z^_{k-1}, z^_k, a_k),  z^_0 = z_0, z^_1 = z_1,  k = 1 .. L-2
+        loss = mean_k |z^_{k+1} - z_{k+1}|^2 + reward_weight (r(z^_{k+1}) - r_{k+1})^2, the
+        reward term reaching only the prior (the reward head learns on real states). ->
+        (loss, logs: 'prior' latent MSE, 'prior_rew' reward MSE, 'prior_kp' keypoint MSE)."""
+        z = latents.detach().float()
+        frozen = {k: v.detach() for k, v in self.dynamics.reward.named_parameters()}
+        head = lambda x: torch.func.functional_call(self.dynamics.reward, frozen, (x,))   # noqa: E731
+        prev, cur = z[:, 0], z[:, 1]
+        lat, rew = [], []
+        for k in range(1, z.shape[1] - 1):
+            prev, cur = cur, self.prior_step(prev, cur, actions[:, k])
+            lat.append(F.mse_loss(cur, z[:, k + 1], reduction="none").mean(0))
+            rew.append(F.mse_loss(head(cur).squeeze(1), rewards[:, k + 1].float()))
+        lat = torch.stack(lat).mean(0)                  # (F,) per feature
+        rew = torch.stack(rew).mean()
+        loss = lat.mean() + reward_weight * rew
+        kp = lat[-2 * KEYPOINTS:].mean().item()
+        return loss, {"prior": lat.mean().item(), "prior_rew": rew.item(), "prior_kp": kp}
 
     @torch.no_grad()
     def rollout(self, context, horizon: int, actions=None):
