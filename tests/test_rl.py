@@ -13,7 +13,8 @@ from tests.scripts import checkpoint_where, kill_when, run
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
         "--tok_steps=4", "--tok_batch=8", "--wm_pretrain=2", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
-        "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2"]
+        "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2",
+        "--latent_pretrain=2", "--latent_steps=2", "--latent_batch=2", "--cache_episodes=3"]
 
 
 def rl(out_root, name, *extra, check=True):
@@ -41,7 +42,8 @@ def test_loop_writes_its_outputs(full):
     ckpt = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
     assert ckpt["iteration"] == 3 and ckpt["replay_chunks"] == 4 and len(ckpt["history"]) == 3
     last = ckpt["history"][-1]
-    for key in ("dyn", "pol", "val", "ent", "imag_reward", "real_reward", "rew_filter", "rew_open"):
+    for key in ("dyn", "rew", "prior", "prior_rew", "pol", "val", "ent", "imag_reward", "real_reward", "rew_filter",
+                "rew_prior", "rew_open"):
         assert np.isfinite(last[key]), key
     assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)

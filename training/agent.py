@@ -252,10 +252,9 @@ def actor_loss(actor: Actor, latents: torch.Tensor, actions: torch.Tensor, retur
     action with the return, and in PushBall one push moves the ball by a fraction of a pixel
     while the other 14 random pushes and the critic's error move the return by far more; the
     few hundred updates a CPU run affords leave it at noise (measured in docs/experiments.md).
-    The pathwise gradient reads the effect of every action directly. Its price: the world
-    model snaps each imagined frame to its codebook, so the gradient passes a straight-through
-    estimator at every step (training/dynamics.py MotionField.advance): biased, but pointing
-    the right way, and the backward pass costs about 1.5 forward passes.
+    The pathwise gradient reads the effect of every action directly, through the world
+    model's latent prior (training/world_model.py LatentPrior), a smooth MLP, so the gradient
+    is exact for the model and costs about one more forward pass.
     """
     scale = norm.scale().detach()
     dist = actor.dist(latents.detach())
