@@ -34,12 +34,8 @@ truncates itself, so the registered spec has no TimeLimit). Success: final dista
 
 Observations: uint8 (size, size) for the single environment (gymnasium's env checker accepts the
 2-D image as it is; it matches the datasets' (T, H, W) frames), (n, size, size) for a batch.
-Drawn with data_utils/render.py: the ball as a disc of radius 4 at intensity 150, the target as
-a cross at 255 (overlaps composite by max, so the cross stays visible on the ball). Why the
-target is the brighter: a ball drawn over the target hid it exactly when the ball reached it,
-and a model that sees only pixels then read any distance under 5 px as about the same (its
-predicted distance on real frames: 3.3 px at 0-1 px, 3.9 px at 3-5 px), so the agent learned to
-stop 5-9 px short (docs/experiments.md, 2026-12-05).
+Drawn with data_utils/render.py: the target as a dim cross (intensity 110), the ball as a disc of
+radius 4 at 255 on top (overlaps composite by max, so the ball covers the target).
 
 Seeds: PushBallBatch.reset(seed) gives environment i its own generator
 np.random.default_rng(seed + i) (or seed[i] for a sequence of seeds), so environment i of a batch
@@ -91,8 +87,8 @@ class PushBallPhysics:
     min_target_distance: float = 16.0 # px, initial ball-target distance at least this
     target_half_length: float = 4.0   # px, half length of the target cross's arms
     target_half_width: float = 1.0    # px, half thickness of the arms
-    target_intensity: float = 255.0   # grey level of the target (visible on the ball: see the module docstring)
-    ball_intensity: float = 150.0     # grey level of the ball
+    target_intensity: float = 110.0   # grey level of the target (dim)
+    ball_intensity: float = 255.0     # grey level of the ball
 
     @property
     def max_force(self) -> float:     # mass * px/frame^2
@@ -376,7 +372,7 @@ def _save_preview(results, summary, path):
     ax.set_xticks([c * (size + 2) + size / 2 for c in range(len(cols))], [f"t={t}" for t in cols], fontsize=7)
     ax.set_yticks([r * (size + 2) + size / 2 for r in range(len(names))],
                   [f"{n}\nreturn {results[n]['return'][0]:.2f}" for n in names], fontsize=7)
-    ax.set_title("PushBall (seed %d): ball 150, target cross 255; mean return over %d seeds: %s"
+    ax.set_title("PushBall (seed %d): ball 255, target cross 110; mean return over %d seeds: %s"
                  % (results[names[0]]["seeds"][0], summary[names[0]]["episodes"],
                     ", ".join(f"{n} {summary[n]['mean_return']:.2f}" for n in names)), fontsize=7)
     utils.save_figure(fig, path)

@@ -277,7 +277,8 @@ def test_latent_prior_learns_inertia_and_a_push_open_loop_and_not_the_reward_hea
     """Latents whose first two features are a body's position and velocity under a push
     (x' = x + v, v' = 0.9 v + 0.3 a) and whose reward is -|x|: trained on 200 steps of
     prior_loss, the open-loop latent error falls far below the untrained prior's, the
-    prior's push moves the body the right way, and the reward head gets no gradient."""
+    prior's push moves the body the right way; the reward term of the loss reaches the prior
+    and never the reward head."""
     torch.manual_seed(0)
     model = agent_model()
     F_ = model.dynamics.latent_dim
@@ -294,18 +295,23 @@ def test_latent_prior_learns_inertia_and_a_push_open_loop_and_not_the_reward_hea
         z = torch.stack(zs, 1)
         return z, a, -z[..., :2].norm(dim=-1)
 
-    opt = torch.optim.Adam(model.dynamics.prior.parameters(), lr=3e-3)
     z, a, r = sequences(64)
-    start = model.prior_loss(z, a, r)[1]["prior"]
+    loss, logs = model.prior_loss(z, a, r)          # with the reward term (default weight)
+    loss.backward()
+    assert logs["prior_rew"] > 0 and all(p.grad is None for p in model.dynamics.reward.parameters())
+    assert all(p.grad is not None for p in model.dynamics.prior.parameters())
+    # the latent dynamics alone (this reward head is untrained, so its term would only pull the
+    # latents toward whatever it happens to read)
+    opt = torch.optim.Adam(model.dynamics.prior.parameters(), lr=1e-3)   # the default prior_lr
+    start = logs["prior"]
     for _ in range(200):
         z, a, r = sequences(64)
-        loss, logs = model.prior_loss(z, a, r)
+        loss, _ = model.prior_loss(z, a, r, reward_weight=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert all(p.grad is None for p in model.dynamics.reward.parameters())
     z, a, r = sequences(256)
-    assert model.prior_loss(z, a, r)[1]["prior"] < 0.2 * start
+    assert model.prior_loss(z, a, r)[1]["prior"] < 0.05 * start   # measured: 0.005 x
     with torch.no_grad():   # from rest at the origin, push +x for three steps: the body moves +x
         prev = cur = torch.zeros(1, F_)
         for _ in range(3):
