@@ -240,8 +240,7 @@ def test_tiny_model_learns_an_action_driven_push(predict):
 @pytest.mark.parametrize("predict", ACTION_UNITS)
 def test_imagined_step_is_differentiable_in_the_action(predict):
     """With gradients on, an imagined step passes d/d(action) through the move (warp or splat) and a
-    straight-through re-tokenisation (the agent's pathwise actor gradient); with them off
-    it gives the same codes."""
+    straight-through re-tokenisation; with them off it gives the same codes."""
     torch.manual_seed(0)
     model = _random_head(SharpWorldModelV2(**TINY, action_dim=2, reward_head=True, predict=predict)).eval()
     model.requires_grad_(False)

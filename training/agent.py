@@ -282,8 +282,8 @@ def imagine(actor: Actor, step: Callable, state, latent: torch.Tensor, horizon: 
     latent (B, F).
 
     step(state, action (B, A) in [-1, 1]) -> (next state, its latent (B, F), reward (B,),
-    cont (B,)); the state is whatever the model keeps (a dict of tensors for
-    SharpWorldModelV2). Returns latents (B, H+1, F), actions (B, H, A) before the tanh, rewards
+    cont (B,)); the state is whatever the model keeps (for the agent of
+    training/world_model_rl.py, the compact states of the last two frames). Returns latents (B, H+1, F), actions (B, H, A) before the tanh, rewards
     (B, H), continues (B, H), the layout that `Agent.update` and `lambda_returns` take.
     grad=False: no graph (REINFORCE). grad=True: reparameterised samples and the graph
     through `step` kept, for the pathwise actor gradient (the start state is detached).

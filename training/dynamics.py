@@ -34,8 +34,9 @@ def retokenise(model, frame, sample: bool):
     """A predicted frame (B, 1, H, W) -> (embedding fed to the next step (B, D, h, w), codes
     (B, h, w)). The loss sees the frame itself (re-tokenising is near-identity and needs no
     gradient); the next input is its codes, exactly what a rollout feeds back. In an imagined
-    step with gradients on (the agent's pathwise actor gradient, training/agent.py) the snap
-    is straight-through, so the next input carries d(embedding)/d(frame) and so d/d(action)."""
+    step with gradients on the snap is straight-through, so the next input carries
+    d(embedding)/d(frame) and so d/d(action) (the agent imagines with the latent prior
+    instead, training/world_model.py LatentPrior)."""
     if sample and torch.is_grad_enabled():
         z = model.tokenizer.encode_latent(frame).float()
         codes = model.snap(z)

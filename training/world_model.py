@@ -5,7 +5,8 @@ SharpWorldModelV2.
     model = SharpWorldModelV2(ModelConfig(predict="motion", action_dim=2, reward_head=True))
     state = model.observe(context, actions)           # context (B, Tc, 1, 64, 64)
     out = model.imagine(state, horizon, actions)      # out['frames'] (B, N, 1, 64, 64)
-    z = model.latent(state)                           # (B, F): what an actor / critic reads
+    z = model.latent(state)                           # (B, F): the compact state of the last frame
+    z_next = model.prior_step(z_prev, z, action)      # imagine in latent space (the agent's)
     loss, logs = model(batch, context)                # the dynamics objective (DDP-friendly)
 
     ModelConfig         every architecture setting, one dataclass; scripts, the benchmark,
@@ -16,7 +17,9 @@ SharpWorldModelV2.
     Tokenizer           VQ-VAE: 64x64 frame -> 16x16 grid of codes -> 64x64 frame
     ConvGRUCell         convolutional GRU (Shi et al. 2015 with GRU gates, Cho et al. 2014)
     Dynamics            the ConvGRU core over code embeddings (+ the action at every step,
-                        + a mode's extra input planes), an output head and a reward head
+                        + a mode's extra input planes), an output head, and with a reward
+                        head the keypoints, the reward MLP and the latent prior
+    LatentPrior         the compact state's own transition, what the agent imagines with
     SharpWorldModelV2   tokenizer + core + one dynamics unit picked by `predict`
 
 The dynamics units ("how the next latent is predicted") each own their observe /
@@ -400,9 +403,13 @@ class Dynamics(nn.Module):
             return pooled
         B = emb.shape[0]
         coords = self.coords.expand(B, -1, -1, -1)
-        maps = KEYPOINT_SHARPNESS * self.keypoint_maps(torch.cat([emb.float(), coords], 1)).float()
-        attention = torch.softmax(maps.flatten(2), -1)                                  # (B, K, h*w) over the grid
-        keypoints = attention @ self.coords.flatten(2).transpose(1, 2)                  # (B, K, 2) in [-1, 1]
+        # float32 even under autocast: in bf16 the keypoints fall on a grid of about 0.1 px, and
+        # the agent reads their change from frame to frame (the speed) at acting time from
+        # states built under autocast, while it learns from a cache built without it
+        with torch.autocast(emb.device.type, enabled=False):
+            maps = KEYPOINT_SHARPNESS * self.keypoint_maps(torch.cat([emb.float(), coords], 1))
+            attention = torch.softmax(maps.flatten(2), -1)                              # (B, K, h*w) over the grid
+            keypoints = attention @ self.coords.flatten(2).transpose(1, 2)              # (B, K, 2) in [-1, 1]
         return torch.cat([pooled.float(), keypoints.flatten(1)], 1)
 
     def predict_reward(self, latent):
@@ -442,15 +449,16 @@ class SharpWorldModelV2(nn.Module):
         state = model.observe(context, actions)           # context (B,Tc,1,64,64)
         out = model.imagine(state, horizon, actions)      # out['frames'] (B,N,1,64,64)
         pred = model.rollout(context, horizon, actions)   # observe + imagine, frames only
-        state = model.step(state, action)                 # one imagined frame (agent)
+        state = model.step(state, action)                 # one imagined frame
         state = model.observe_next(state, frame, action)  # one real frame (agent)
     Actions: the action taken at frame k leads to frame k+1, (B, A) each. `observe` takes
     the actions of the context frames, (B, >= Tc - 1, A) (the one of the last context frame
     is not used there: it leads to the first predicted frame); `imagine` the actions of
     the frames it starts from, (B, horizon, A): actions[:, 0] is taken at the last observed
     frame. `rollout` takes them for context and horizon together, (B, Tc + horizon, A).
-    A state is that of one frame, before its action: `latent(state)` is what an actor
-    reads to pick that action, state['reward'] the predicted reward of that frame.
+    A state is that of one frame, before its action: `latent(state)` is its compact state
+    (the agent's actor reads it with its change since the frame before,
+    training/world_model_rl.py agent_input), state['reward'] the predicted reward of that frame.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides):
@@ -503,7 +511,7 @@ class SharpWorldModelV2(nn.Module):
         return self.unit.imagine(self, state, horizon, actions)
 
     def latent(self, state) -> torch.Tensor:
-        """The compact model state an actor and critic read: (B, F) float32."""
+        """The compact state of the frame: (B, F) float32 (what the latent prior steps on)."""
         return self.unit.latent(self, state)
 
     def step(self, state, action=None):
@@ -528,11 +536,14 @@ class SharpWorldModelV2(nn.Module):
     def prior_loss(self, latents, actions, rewards, reward_weight: float = PRIOR_REWARD_WEIGHT):
         """The latent prior's objective on posterior sequences: latents (B, L, F) of real
         frames (constants here: the prior learns to follow them, not to move them), actions
-        (B, L, A), rewards (B, L). Open loop after the first two states, as imagination runs:
+        (B, L >= 3, A), rewards (B, L). Open loop after the first two states, as imagination runs:
             z^_{k+1} = prior(z^_{k-1}, z^_k, a_k),  z^_0 = z_0, z^_1 = z_1,  k = 1 .. L-2
         loss = mean_k |z^_{k+1} - z_{k+1}|^2 + reward_weight (r(z^_{k+1}) - r_{k+1})^2, the
-        reward term reaching only the prior (the reward head learns on real states). ->
+        reward term reaching only the prior (the reward head learns on the states the frames
+        give, in the latent phase and in the frame-prediction steps). ->
         (loss, logs: 'prior' latent MSE, 'prior_rew' reward MSE, 'prior_kp' keypoint MSE)."""
+        if latents.shape[1] < 3:
+            raise ValueError(f"prior_loss needs windows of at least 3 states, got {latents.shape[1]}")
         z = latents.detach().float()
         frozen = {k: v.detach() for k, v in self.dynamics.reward.named_parameters()}
         head = lambda x: torch.func.functional_call(self.dynamics.reward, frozen, (x,))   # noqa: E731

@@ -165,8 +165,9 @@ def encode_episodes(model, frames: np.ndarray, device, bf16: bool) -> np.ndarray
 # ----------------------------------------------------------------------------------------
 class ModelPolicy:
     """act_fn for envs.evaluate_policy: the model reads each real frame after the action
-    that led to it (`observe_next`), the actor acts on the latent. mode: 'sample' (the
-    exploring policy), 'greedy' (the mean action)."""
+    that led to it (`observe_next`), the actor acts on its compact state and the change since
+    the frame before (`agent_input`; zero change at frame 0, where there is no frame before).
+    mode: 'sample' (the exploring policy), 'greedy' (the mean action)."""
 
     def __init__(self, model, agent, device, bf16: bool, mode: str = "greedy"):
         self.model, self.agent, self.device, self.bf16, self.mode = model, agent, device, bf16, mode
@@ -505,8 +506,10 @@ def plot_trajectory(ev: dict, path: Path, episodes: int = 3):
 
 @torch.no_grad()
 def imagined_vs_real(cfg, model, ev: dict, device, path: Path, episodes: int = 3):
-    """GIF: the real episode | the model's imagination of it from its first frame under the
-    same actions (open loop, no real frame after the first)."""
+    """GIF: the real episode | the world model drawing it from its first frame under the
+    same actions (the frame-by-frame dynamics, open loop, no real frame after the first). The
+    agent imagines with the latent prior, which draws no frames; this shows what the compact
+    state it starts from was trained to predict."""
     from evaluation.eval_sharp import write_gif   # GIF writer shared with the rollout evaluation
 
     r = ev["records"]["agent"]
@@ -582,9 +585,13 @@ def eval_only(cfg, device):
 def main():
     cfg = utils.parse_overrides(CONFIG)
     for key in ("iterations", "episodes_per_iter", "seed_episodes", "test_episodes", "wm_batch", "imag_batch",
-                "horizon", "eval_episodes", "episode_steps", "cache_episodes", "latent_batch"):
+                "horizon", "eval_episodes", "episode_steps", "cache_episodes", "latent_batch", "latent_steps",
+                "latent_pretrain"):
         if cfg[key] < 1:
             raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
+    if cfg["episode_steps"] < 2:
+        raise SystemExit(f"error: --episode_steps must be at least 2 (the latent prior learns from windows of 3 "
+                         f"frames; got {cfg['episode_steps']})")
     if not 1 <= cfg["context"] < cfg["wm_window"] <= cfg["episode_steps"] + 1:
         raise SystemExit(f"error: need 1 <= --context < --wm_window <= --episode_steps + 1 (got {cfg['context']}, "
                          f"{cfg['wm_window']}, {cfg['episode_steps']})")
