@@ -115,7 +115,9 @@ def test_clear_errors_in_process(tmp_path, monkeypatch):
              (["--eval_only", f"--checkpoint={tmp_path / 'none.pt'}"], "not found"),
              (["--resume"], "drop --resume"),
              (["--horizn=3"], "did you mean --horizon"),
-             (["--context=8", "--wm_window=6"], "--context < --wm_window")]
+             (["--context=8", "--wm_window=6"], "--context < --wm_window"),
+             (["--latent_steps=0"], "--latent_steps must be at least 1"),
+             (["--episode_steps=1"], "--episode_steps must be at least 2")]
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["world_model_rl.py", f"--out_root={tmp_path}", *args])
         with pytest.raises(SystemExit, match=message):
