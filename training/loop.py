@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,18 @@ class Run:
             dist.barrier()
 
     def close(self):
+        """Leave the process group, all ranks together: a rank that exits while another still
+        talks to it can abort in gloo's teardown (seen in CI as SIGABRT, "terminate called
+        without an active exception")."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
+
+    def end_training(self) -> bool:
+        """After the last collective (check_in_sync): every rank leaves the group together,
+        and only rank 0 goes on to evaluate and write. Returns whether this process goes on."""
+        self.close()
+        return self.main
 
 
 def check_same_model(cfg: dict, state: dict, path: Path):
@@ -334,8 +345,13 @@ def optimise(cfg, run: Run, model, phase: str, params, lr: float, steps: int, lo
         start = run.state["step"]
         run.phase_begin = float(run.state.get("phase_begin_s", 0.0))
         if sched is not None:
-            for _ in range(start):
-                sched.step()
+            # Fast-forward the schedule to the checkpoint's step; no optimizer step has run in
+            # this process yet, which PyTorch warns about but is what a resume means here.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
+                                        category=UserWarning)
+                for _ in range(start):
+                    sched.step()
     history = run.history.setdefault(phase, [])
     bar = tqdm(desc=phase, initial=start, total=None if budget else steps, disable=not run.main)
     tick = time.perf_counter()

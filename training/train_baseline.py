@@ -165,15 +165,13 @@ def main():
         steps_done, train_s = run.state["step"], float(run.state.get("elapsed_s", 0.0))
     check_in_sync(model, run)
     model.eval()
-    if not run.main:   # under torchrun, rank 0 alone evaluates and writes
-        run.close()
+    if not run.end_training():   # under torchrun, rank 0 alone evaluates and writes
         return
     out_dir = run.out_dir
     plot_history(run.history["train"], out_dir / "training_curves.png")
     print(f"trained {steps_done} steps in {train_s / 60:.1f} min of training time "
           f"({time.time() - t0:.0f} s in this invocation)")
     if cfg["eval_sequences"] == 0:
-        run.close()
         return
     from evaluation import eval_sharp
 
@@ -190,7 +188,6 @@ def main():
     last = {k: result["model"][k][-1] for k in ("mse", "sharpness")}
     print(f"  model at step {result['horizon']}: MSE {last['mse']:.1f}, sharpness {last['sharpness']:.2f}")
     print(f"wrote {out_dir}/baseline_result.png, training_curves.png, metrics.json; checkpoint {run.ckpt_path}")
-    run.close()
 
 
 if __name__ == "__main__":

@@ -211,10 +211,10 @@ def main():
         raise SystemExit(f"error: --predict must be one of {', '.join(PREDICT_MODES)}, got '{cfg['predict']}'")
     run = Run(cfg)
     model, _, times = train_world_model(cfg, run, names)
-    if run.main:
-        plot_history(run.history, run.out_dir / "training_curves.png")
-    if not run.main or cfg["eval_sequences"] == 0:
-        run.close()
+    if not run.end_training():   # under torchrun, rank 0 alone evaluates and writes
+        return
+    plot_history(run.history, run.out_dir / "training_curves.png")
+    if cfg["eval_sequences"] == 0:
         return
     # Imported only now: torchmetrics alone takes seconds to import, which a run that stops
     # with an error (or is killed) before it evaluates should not wait for.
@@ -252,7 +252,6 @@ def main():
         print(f"physics evaluation: {time.time() - t1:.0f} s")
     print(f"wrote {out}/per_dataset.md, per_dataset.json, mse_per_step.png, training_curves.png, "
           f"physics_<dataset>_result.png and .gif, physics/; checkpoint {run.ckpt_path}")
-    run.close()
 
 
 if __name__ == "__main__":

@@ -143,8 +143,7 @@ def main():
                          f"got '{cfg['predict']}'")
     run = Run(cfg)
     model, _, times = train_world_model(cfg, run, [cfg["dataset"]])
-    if not run.main:   # under torchrun, rank 0 alone evaluates and writes
-        run.close()
+    if not run.end_training():   # under torchrun, rank 0 alone evaluates and writes
         return
     test = load_split(cfg["dataset"], "test", cfg["data_root"] or None)
     result, examples = evaluate(cfg, model, test, run.device)
@@ -163,7 +162,6 @@ def main():
           f"(copy-last {result['copy_last']['mse'][-1]:.1f}, blank {result['blank']['mse'][-1]:.1f})")
     print(f"wrote {out_dir}/sharp_model_v2_result.png, training_curves.png, metrics.json; "
           f"checkpoint {run.ckpt_path}")
-    run.close()
 
 
 if __name__ == "__main__":
