@@ -31,7 +31,7 @@ SHARP_RUN := sharp_v2_full
 COMP_RUN := comprehensive_full
 SHARP_ARGS ?= --run=$(SHARP_RUN) --minutes=0 --channels=128 --hidden=128 --tok_steps=20000 --tok_batch=128 \
 	--dyn_sequences=0 --dyn_steps=20000 --dyn_batch=32
-COMP_ARGS ?= --run=$(COMP_RUN) --channels=128 --hidden=128 --tok_steps=20000 --tok_batch=256 \
+COMP_ARGS ?= --run=$(COMP_RUN) --minutes=0 --channels=128 --hidden=128 --tok_steps=20000 --tok_batch=256 \
 	--dyn_sequences=0 --dyn_steps=20000 --dyn_batch=64
 else
 SHARP_RUN := sharp_v2

@@ -247,7 +247,7 @@ def bench_ddp(args) -> dict:
             env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // n)), VPWM_DEVICE=args.device)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "--",
                    str(utils.REPO_ROOT / "training" / "train_comprehensive.py"), f"--run=ddp{n}", f"--out_root={tmp}",
-                   "--tok_steps=2", "--dyn_sequences=16", f"--dyn_steps={args.steps}", "--log_every=1",
+                   "--minutes=0", "--tok_steps=2", "--dyn_sequences=16", f"--dyn_steps={args.steps}", "--log_every=1",
                    "--eval_sequences=0"]
             t0 = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

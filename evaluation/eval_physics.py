@@ -68,10 +68,12 @@ def run_model(model, frames, device, context: int, horizon: int, batch_size: int
         x = torch.from_numpy(np.array(frames[start:start + batch_size, :context]))
         x = x.to(device).float().div_(255.0).unsqueeze(2)                  # (B, ctx, 1, H, W)
         with utils.autocast(device, bf16):
-            state = model.observe(x)
-            latents.append(model.latent(state).float().cpu())
             if horizon:
-                preds.append(model.imagine(state, horizon)["frames"].float().clamp(0, 1)[:, :, 0].cpu())
+                pred, latent = model.rollout(x, horizon, with_latent=True)
+                preds.append(pred.float().clamp(0, 1)[:, :, 0].cpu())
+            else:
+                latent = model.latent(model.observe(x))
+            latents.append(latent.float().cpu())
     return (torch.cat(preds).numpy() if preds else None), torch.cat(latents).numpy()
 
 
@@ -98,7 +100,10 @@ def _step_error(read: np.ndarray, true: np.ndarray) -> np.ndarray:
         return np.nanmean(d, axis=(0, 2))
 
 
-def evaluate_dataset(model, untrained, name: str, cfg: dict, device) -> dict:
+def evaluate_dataset(model, untrained, name: str, cfg: dict, device, rollouts: dict | None = None) -> dict:
+    """Positions, laws and probes of one dataset. `rollouts`: eval_sharp.evaluate's
+    (keep_rollouts=True) on the same first num_sequences test clips with the same context
+    and at least this horizon, used instead of rolling them out again (train_comprehensive.py)."""
     root = cfg.get("data_root") or None
     ctx, hor = cfg["context"], cfg["horizon"]
     test = load_split(name, "test", root)
@@ -111,7 +116,13 @@ def evaluate_dataset(model, untrained, name: str, cfg: dict, device) -> dict:
     states = {k: v[:n] for k, v in load_states(name, "test", root).items()}
     states_T = {k: (v[:, :T] if v.ndim >= 2 and v.shape[1] == test.shape[1] else v) for k, v in states.items()}
     constants = load_meta(name, root).get("constants", {})
-    pred, latent_test = run_model(model, test[:n], device, ctx, hor, cfg["batch_size"], cfg["bf16"])
+    if rollouts is None:
+        pred, latent_test = run_model(model, test[:n], device, ctx, hor, cfg["batch_size"], cfg["bf16"])
+    else:
+        pred, latent_test = rollouts["pred"][:, :hor], rollouts["latent"]   # a rollout's prefix is the shorter one
+        if pred.shape[:2] != (n, hor):
+            raise ValueError(f"rollouts of {name} have shape {pred.shape[:2]}, need ({n}, >= {hor}) "
+                             "(num_sequences, horizon)")
     model_frames = np.concatenate([frames[:, :ctx], pred], 1)
     copy_frames = np.concatenate([frames[:, :ctx], np.repeat(frames[:, ctx - 1:ctx], hor, 1)], 1)
     out = {"n_sequences": n, "steps": list(range(1, hor + 1))}
@@ -149,13 +160,14 @@ def evaluate_dataset(model, untrained, name: str, cfg: dict, device) -> dict:
     return out
 
 
-def evaluate_physics(model, names, cfg: dict, device) -> dict:
-    """{dataset: evaluate_dataset(...)} with the wall time of each."""
+def evaluate_physics(model, names, cfg: dict, device, rollouts: dict | None = None) -> dict:
+    """{dataset: evaluate_dataset(...)} with the wall time of each; `rollouts` {dataset:
+    eval_sharp.evaluate's kept rollouts} where they exist already."""
     untrained = untrained_like(model, cfg["seed"]) if cfg["probe_train"] > 0 else None
     results = {}
     for name in names:
         t0 = time.time()
-        results[name] = evaluate_dataset(model, untrained, name, cfg, device)
+        results[name] = evaluate_dataset(model, untrained, name, cfg, device, (rollouts or {}).get(name))
         results[name]["seconds"] = time.time() - t0
         print(f"  {name:<22} {summary_line(results[name])} ({results[name]['seconds']:.0f} s)")
     return results

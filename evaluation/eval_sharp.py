@@ -167,7 +167,7 @@ class PositionError:
 @torch.no_grad()
 def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_horizon: int = 0,
              positions=None, batch_size: int = 32, example_ids=(), bf16: bool = True, progress: bool = True,
-             reader: dict | None = None, actions=None):
+             reader: dict | None = None, actions=None, keep_rollouts: bool = False):
     """The one rollout evaluation (this script, both training scripts): feed `context`
     true frames, roll out, score every predicted step against the truth beside the
     copy-last and blank baselines (evaluation/metrics.py), and the body-position error
@@ -178,7 +178,10 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
     frames uint8 (N, T, H, W) (a memmap is fine). Returns {'short': {name: {metric: per
     step}}, 'long': the same over `long_horizon` steps or None (run when long_horizon >
     horizon and the clips are long enough), 'long_horizon', 'examples': {'truth' (E,
-    ctx+hor, H, W), 'pred' (E, hor, H, W)} for `example_ids`}."""
+    ctx+hor, H, W), 'pred' (E, hor, H, W)} for `example_ids`}; with keep_rollouts also
+    'rollouts': {'pred' float32 (N, horizon, H, W), 'latent' float32 (N, F) the compact
+    state after the context}, which evaluation/eval_physics.py reads instead of rolling the
+    same clips out again."""
     n, T = frames.shape[:2]
     ctx, hor = context, horizon
     long_h = long_horizon if long_horizon > hor and T >= ctx + long_horizon else 0
@@ -189,6 +192,7 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
     pos_short = {k: PositionError(hor, reader) for k in NAMES} if positions is not None else None
     pos_long = {k: PositionError(long_h, reader) for k in NAMES} if positions is not None and long_h else None
     examples = {"truth": [], "pred": []}
+    kept = {"pred": [], "latent": []}
     model.eval()
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
@@ -199,8 +203,13 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
         if actions is not None:
             acts = torch.from_numpy(np.array(actions[idx[0]:idx[-1] + 1, :ctx + steps], dtype=np.float32)).to(device)
         with utils.autocast(device, bf16):
-            pred = model.rollout(context_frames, steps, acts)
+            pred = model.rollout(context_frames, steps, acts, with_latent=keep_rollouts)
+        if keep_rollouts:
+            pred, latent = pred
         pred = pred.float().clamp(0, 1)
+        if keep_rollouts:
+            kept["pred"].append(pred[:, :hor, 0].cpu())
+            kept["latent"].append(latent.float().cpu())
         preds = {"model": pred, **M.baselines(context_frames, truth)}
         for name, p in preds.items():
             short[name].update(p[:, :hor], truth[:, :hor])
@@ -233,8 +242,11 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
     if ex is not None:
         ex = {"truth": ex["truth"][:, :ctx + hor], "pred": ex["pred"][:, :hor],
               "truth_long": ex["truth"], "pred_long": ex["pred"]}
-    return {"short": gather(short, pos_short), "long": gather(long, pos_long) if long is not None else None,
-            "long_horizon": long_h, "examples": ex}
+    out = {"short": gather(short, pos_short), "long": gather(long, pos_long) if long is not None else None,
+           "long_horizon": long_h, "examples": ex}
+    if keep_rollouts:
+        out["rollouts"] = {k: torch.cat(v).numpy() for k, v in kept.items()}
+    return out
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from tests.scripts import checkpoint_where, kill_when, run
 from training.loop import StepBatches
 
 NAMES = "bouncing_balls,pendulum,wave_motion"
-TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
+TINY = ["--minutes=0", "--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
         "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=4", "--dyn_sequences=6", "--context=4",
         "--eval_sequences=3", "--ckpt_every=2", "--log_every=1", "--examples=2", "--bf16=false",
         f"--datasets={NAMES}"]
@@ -78,7 +78,7 @@ def test_killed_and_resumed_ends_as_the_uninterrupted_run(data_root, single, tmp
     kill_when(["training/train_comprehensive.py", "--run=killed", f"--data_root={data_root}",
                f"--out_root={tmp_path}", *TINY], checkpoint_where(ckpt, lambda c: c["phase"] == "dynamics"))
     assert torch.load(ckpt, weights_only=True)["step"] < 4
-    train(data_root, tmp_path, "killed", "--resume", "--physics_sequences=0")
+    train(data_root, tmp_path, "killed", "--resume", "--physics=false")
     a, b = weights(single, "one"), weights(tmp_path, "killed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -86,7 +86,7 @@ def test_killed_and_resumed_ends_as_the_uninterrupted_run(data_root, single, tmp
 
 def test_torchrun_two_processes_match_one(data_root, single, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--")
-    proc = train(data_root, tmp_path, "two", "--physics_sequences=0", launcher=launcher)
+    proc = train(data_root, tmp_path, "two", "--physics=false", launcher=launcher)
     assert "weights identical on all 2 processes" in proc.stdout
     a, b = weights(single, "one"), weights(tmp_path, "two")
     for k in a:   # the same global batches, split in two: equal up to float summation order
@@ -99,7 +99,7 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
     compared on one tokenizer."""
     ckpt = single / "checkpoints" / "one" / "latest.pt"
     train(data_root, tmp_path, "part", "--predict=particles", f"--init_tokenizer={ckpt}", "--dyn_steps=2",
-          "--physics_sequences=0")
+          "--physics=false")
     a, b = weights(single, "one"), weights(tmp_path, "part")
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("tokenizer."))
     hist = torch.load(tmp_path / "checkpoints" / "part" / "latest.pt", weights_only=True)["history"]
@@ -138,3 +138,31 @@ def test_eval_physics_names_an_unknown_dataset(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["eval_physics.py", "--dataset=pendulm"])
     with pytest.raises(SystemExit, match=r"^error: unknown dataset pendulm; use all or a comma-separated list"):
         eval_physics.main()
+
+
+def test_physics_on_the_tables_rollouts_equals_its_own(data_root, single):
+    """train_comprehensive.py hands eval_sharp's rollouts to eval_physics instead of rolling
+    the same clips out twice: the laws, positions and probes come out the same."""
+    import numpy as np
+    from data_utils.datasets import load_split
+    from evaluation import eval_physics, eval_sharp
+
+    model, _ = eval_sharp.load_model(single / "checkpoints" / "one" / "latest.pt", torch.device("cpu"))
+    cfg = dict(eval_physics.CONFIG, data_root=str(data_root), num_sequences=2, probe_train=4, context=4,
+               horizon=3, bf16=False)
+    test = load_split("pendulum", "test", str(data_root))
+    ev = eval_sharp.evaluate(model, test[:2], torch.device("cpu"), 4, 4, bf16=False, progress=False,
+                             keep_rollouts=True)
+    assert ev["rollouts"]["pred"].shape == (2, 4, 64, 64)     # horizon 4 kept; physics reads its first 3
+    untrained = eval_physics.untrained_like(model, 0)
+    own = eval_physics.evaluate_dataset(model, untrained, "pendulum", cfg, torch.device("cpu"))
+    shared = eval_physics.evaluate_dataset(model, untrained, "pendulum", cfg, torch.device("cpu"), ev["rollouts"])
+    for src in ("model", "copy_last", "truth"):
+        np.testing.assert_allclose(shared["position_error"][src], own["position_error"][src])
+    for law in own["laws"]:
+        np.testing.assert_allclose(shared["laws"][law]["model"], own["laws"][law]["model"])
+    assert shared["probe"]["r2"] == own["probe"]["r2"]
+    # and it does read them: blank predictions lose every body
+    blank = eval_physics.evaluate_dataset(model, untrained, "pendulum", cfg, torch.device("cpu"),
+                                          {**ev["rollouts"], "pred": np.zeros_like(ev["rollouts"]["pred"])})
+    assert not np.allclose(blank["position_error"]["model"], own["position_error"]["model"], equal_nan=True)

@@ -49,8 +49,10 @@ CONFIG = dict(
     seed=0,
     bf16=True,                 # bf16 autocast on a CPU with AVX512-BF16/AMX and on CUDA
     resume=False,              # continue from checkpoints/<run>/latest.pt
-    minutes=0.0,               # > 0: a wall-time budget instead of tok_steps / dyn_steps (training/loop.py):
-    tok_share=0.5,             #   the tokenizer until tok_share of it, then the codes and the dynamics
+    minutes=45.0,              # a wall-time budget for training (training/loop.py), so that training and both
+                               #   evaluations end within the hour on a 2-core CPU (README) and take the same time
+    tok_share=0.3,             #   on any machine: the tokenizer until tok_share of it, then the codes and the
+                               #   dynamics; 0 = train for tok_steps / dyn_steps (bit-reproducible)
     # --- model (training/world_model.py ModelConfig) ---------------------------------------
     channels=64,
     code_dim=64,
@@ -61,12 +63,12 @@ CONFIG = dict(
     objects=2,                 # predict=layers only
     # --- tokenizer phase -----------------------------------------------------------------
     init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one
-    tok_steps=1200,            # optimiser steps, each on tok_batch frames drawn evenly over the datasets
+    tok_steps=1200,            # optimiser steps (with --minutes=0), each on tok_batch frames drawn evenly over the datasets
     tok_batch=64,
     tok_lr=2e-3,
     # --- dynamics phase ------------------------------------------------------------------
     dyn_sequences=400,         # training clips per dataset whose codes are cached (0 = all)
-    dyn_steps=1000,            # optimiser steps (0: keep the untrained dynamics)
+    dyn_steps=1000,            # optimiser steps (with --minutes=0; 0: keep the untrained dynamics)
     dyn_batch=16,              # clips per step (global: split over the processes)
     dyn_lr=1e-3,
     context=10,
@@ -76,8 +78,9 @@ CONFIG = dict(
     eval_sequences=128,        # test clips per dataset for the table (0: train only, no evaluation)
     long_horizon=30,           # predicted frames in the pictures (needs context + this many frames)
     examples=3,                # clips shown per dataset
-    physics_sequences=128,     # test clips per dataset for evaluation/eval_physics.py's laws (0: skip)
-    probe_train=400,           # training clips per dataset its state probes are fitted on (0: no probes)
+    physics=True,              # then evaluation/eval_physics.py's laws, positions and probes on the same clips
+                               # (their rollouts are the table's, not made again)
+    probe_train=300,           # training clips per dataset its state probes are fitted on (0: no probes)
     log_every=25,
     ckpt_every=100,
     out_root="",               # '' = the repo
@@ -94,13 +97,14 @@ def dataset_names(spec: str) -> list[str]:
 # ----------------------------------------------------------------------------------------
 # Per-dataset evaluation
 # ----------------------------------------------------------------------------------------
-def evaluate_all(cfg, model, names, device):
-    """eval_sharp.evaluate on each dataset's test clips -> {name: {'short': ..., 'means': ...}}."""
+def evaluate_all(cfg, model, names, device, keep_rollouts: bool = False):
+    """eval_sharp.evaluate on each dataset's test clips -> ({name: {'n_sequences', 'results',
+    'means'}}, {name: the rollouts kept for eval_physics} or {})."""
     from evaluation import eval_sharp
     from evaluation import metrics as M
     from evaluation.positions import READER
 
-    out = {}
+    out, rollouts = {}, {}
     root = cfg["data_root"] or None
     for name in names:
         test = load_split(name, "test", root)
@@ -109,14 +113,17 @@ def evaluate_all(cfg, model, names, device):
         positions = eval_sharp.load_positions(states, n, test.shape[1])
         ctx = cfg["context"]
         ev = eval_sharp.evaluate(model, test[:n], device, ctx, test.shape[1] - ctx, positions=positions,
-                                 reader=READER.get(name, {}), bf16=cfg["bf16"], progress=False)
+                                 reader=READER.get(name, {}), bf16=cfg["bf16"], progress=False,
+                                 keep_rollouts=keep_rollouts)
+        if keep_rollouts:
+            rollouts[name] = ev["rollouts"]
         out[name] = {"n_sequences": n, "results": ev["short"],
                      "means": {k: M.summarize(ev["short"][k]) for k in eval_sharp.NAMES}}
         m = out[name]["means"]
         print(f"  {name:<22} MSE {m['model']['mse']:7.1f} (copy-last {m['copy_last']['mse']:7.1f}, blank "
               f"{m['blank']['mse']:7.1f}), sharpness at step {ev['short']['model']['sharpness'].size}: "
               f"{ev['short']['model']['sharpness'][-1]:.2f}")
-    return out
+    return out, rollouts
 
 
 def long_examples(cfg, model, name, device):
@@ -223,7 +230,7 @@ def main():
     t0 = time.time()
     print(f"evaluating on {len(names)} datasets ({cfg['context']} -> rest of the clip, "
           f"up to {cfg['eval_sequences']} test clips each)")
-    per = evaluate_all(cfg, model, names, run.device)
+    per, rollouts = evaluate_all(cfg, model, names, run.device, keep_rollouts=cfg["physics"])
     out = run.out_dir
     for name in names:
         ex, hor = long_examples(cfg, model, name, run.device)
@@ -240,13 +247,13 @@ def main():
                                   for n, r in per.items()}}, out / "per_dataset.json")
     plot_mse(per, out / "mse_per_step.png")
     print("\n" + md)
-    if cfg["physics_sequences"] > 0:
+    if cfg["physics"]:
         t1 = time.time()
         print(f"physics: laws, positions and probes (evaluation/eval_physics.py) on {len(names)} datasets")
-        pcfg = dict(eval_physics.CONFIG, data_root=cfg["data_root"], num_sequences=cfg["physics_sequences"],
+        pcfg = dict(eval_physics.CONFIG, data_root=cfg["data_root"], num_sequences=cfg["eval_sequences"],
                     probe_train=cfg["probe_train"], context=cfg["context"], bf16=cfg["bf16"], seed=cfg["seed"],
-                    horizon=min(load_split(n, "test", cfg["data_root"] or None).shape[1] for n in names) - cfg["context"])
-        physics = eval_physics.evaluate_physics(model, names, pcfg, run.device)
+                    horizon=min(len(r["results"]["model"]["mse"]) for r in per.values()))
+        physics = eval_physics.evaluate_physics(model, names, pcfg, run.device, rollouts)
         eval_physics.write_outputs(physics, out / "physics", f"{cfg['run']}: laws, positions and probes",
                                    {"config": pcfg, "checkpoint": str(run.ckpt_path)})
         print(f"physics evaluation: {time.time() - t1:.0f} s")

@@ -560,12 +560,17 @@ class SharpWorldModelV2(nn.Module):
         return loss, {"prior": lat.mean().item(), "prior_rew": rew.item(), "prior_kp": kp}
 
     @torch.no_grad()
-    def rollout(self, context, horizon: int, actions=None):
-        """context (B, Tc, 1, H, W) -> predicted frames (B, horizon, 1, H, W) in [0,1]."""
+    def rollout(self, context, horizon: int, actions=None, with_latent: bool = False):
+        """context (B, Tc, 1, H, W) -> predicted frames (B, horizon, 1, H, W) in [0,1];
+        with_latent: (frames, the compact state after the context (B, F)), so that one
+        rollout serves both the frame metrics and the state probes (evaluation/)."""
         Tc = context.shape[1]
         obs_a = actions[:, :Tc] if actions is not None else None
         fut_a = actions[:, Tc - 1:] if actions is not None else None
-        return self.imagine(self.observe(context, obs_a), horizon, fut_a)["frames"]
+        state = self.observe(context, obs_a)
+        latent = self.latent(state) if with_latent else None
+        frames = self.imagine(state, horizon, fut_a)["frames"]
+        return (frames, latent) if with_latent else frames
 
     def forward(self, batch: dict, context: int, forced=None):
         """The dynamics objective on one batch (so DistributedDataParallel can wrap the
