@@ -203,9 +203,10 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
         if actions is not None:
             acts = torch.from_numpy(np.array(actions[idx[0]:idx[-1] + 1, :ctx + steps], dtype=np.float32)).to(device)
         with utils.autocast(device, bf16):
-            pred = model.rollout(context_frames, steps, acts, with_latent=keep_rollouts)
-        if keep_rollouts:
-            pred, latent = pred
+            if keep_rollouts:   # only the world model has a latent; baselines keep the plain call
+                pred, latent = model.rollout(context_frames, steps, acts, with_latent=True)
+            else:
+                pred = model.rollout(context_frames, steps, acts)
         pred = pred.float().clamp(0, 1)
         if keep_rollouts:
             kept["pred"].append(pred[:, :hor, 0].cpu())
