@@ -4,7 +4,8 @@ results/benchmark/<section>.json (plus its charts).
     python evaluation/benchmark.py --section data              # generate all 40k sequences, timed
     python evaluation/benchmark.py --section data --scale 0.1  # a 4k-sequence quick run
     python evaluation/benchmark.py --section model             # tokenizer / dynamics training speed
-    python evaluation/benchmark.py --section all
+    python evaluation/benchmark.py --section budget --minutes 5 10 25 60   # quality per CPU-minute
+    python evaluation/benchmark.py --section all               # every section but budget (hours)
 
 Sections register themselves in SECTIONS with @section("name"); a section function takes the
 parsed arguments and returns a JSON-able dict whose "rows" (a list of flat dicts) is printed
@@ -28,13 +29,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SECTIONS = {}
+LONG = set()      # sections that `--section all` leaves out: they train for hours
 DEFAULT_OUT = utils.REPO_ROOT / "results" / "benchmark"
 
 
-def section(name):
-    """Register a benchmark section: fn(args) -> {"rows": [...], ...}."""
+def section(name, long: bool = False):
+    """Register a benchmark section: fn(args) -> {"rows": [...], ...}; long: not in `all`."""
     def register(fn):
         SECTIONS[name] = fn
+        if long:
+            LONG.add(name)
         return fn
     return register
 
@@ -265,6 +269,75 @@ def bench_ddp(args) -> dict:
             "command": "python " + " ".join(map(shlex.quote, sys.argv))}
 
 
+# --- budget: quality for a wall-time budget, world model against the learned baseline ------------
+BUDGET_MODELS = {"world model": ("train_sharp_v2.py", "sharp_v2"), "baseline": ("train_baseline.py", "baseline")}
+
+
+@section("budget", long=True)
+def bench_budget(args) -> dict:
+    """Train the world model and the SimVP-style baseline for each wall-time budget in
+    --minutes, one after the other (two trainings at once would halve each one's CPU), and
+    read the 10 -> 10 quality off each run's metrics.json: mean MSE per frame, SSIM, and MSE
+    and sharpness at the last step. A budget already run (<root>/results/<run>_<m>min/
+    metrics.json) is read, not trained again, and one killed midway resumes, so re-running
+    the command carries on. Writes budget.png: MSE and sharpness against minutes."""
+    import subprocess
+
+    root = Path(args.root)
+    rows, references = [], {}
+    for minutes in args.minutes:
+        for label, (script, prefix) in BUDGET_MODELS.items():
+            run = f"{prefix}_{minutes:g}min"
+            path = root / "results" / run / "metrics.json"
+            if not path.exists():
+                cmd = [sys.executable, str(utils.REPO_ROOT / "training" / script), f"--minutes={minutes:g}",
+                       f"--run={run}", f"--dataset={args.model_dataset}", f"--out_root={root}",
+                       *shlex.split(args.train_args)]
+                if (root / "checkpoints" / run / "latest.pt").exists():
+                    cmd.append("--resume")
+                print(" ".join(map(shlex.quote, cmd[1:])), flush=True)
+                if subprocess.run(cmd).returncode != 0:
+                    raise SystemExit(f"error: {script} failed for {minutes:g} minutes; its output is above")
+            m = json.loads(path.read_text())
+            model = m["model"]
+            rows.append({"model": label, "minutes": minutes, "mse": round(m["means"]["model"]["mse"], 1),
+                         "ssim": round(m["means"]["model"]["ssim"], 3), "mse_last": round(model["mse"][-1], 1),
+                         "sharpness_last": round(model["sharpness"][-1], 2), "run": run})
+            references = {k: round(m["means"][k]["mse"], 1) for k in ("copy_last", "blank")}
+    result = {"section": "budget", "dataset": args.model_dataset, "rows": rows, "references_mse": references,
+              "machine": machine_info(), "command": "python " + " ".join(map(shlex.quote, sys.argv)),
+              "what": "10 -> 10 on the first eval_sequences test clips of each run: mean MSE per frame (summed "
+                      "over pixels), mean SSIM, and MSE and sharpness at the last predicted step"}
+    _budget_chart(rows, references, Path(args.out) / "budget.png")
+    return result
+
+
+def _budget_chart(rows: list[dict], references: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_mse, ax_sharp) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label in BUDGET_MODELS:
+        mine = sorted((r for r in rows if r["model"] == label), key=lambda r: r["minutes"])
+        x = [r["minutes"] for r in mine]
+        ax_mse.plot(x, [r["mse"] for r in mine], "o-", label=label)
+        ax_sharp.plot(x, [r["sharpness_last"] for r in mine], "o-", label=label)
+    for (name, value), style in zip(references.items(), (":", "--")):
+        ax_mse.axhline(value, color="grey", ls=style, lw=1, label=name.replace("_", "-"))
+    ax_sharp.axhline(1.0, color="grey", ls=":", lw=1, label="as sharp as the truth")
+    ax_mse.set(xlabel="training budget (minutes of wall time)", ylabel="mean MSE per frame", title="10 -> 10 MSE")
+    ax_sharp.set(xlabel="training budget (minutes of wall time)", ylabel="sharpness at the last step",
+                 title="sharpness (1 = as sharp as the truth)", ylim=(0, 1.2))
+    for ax in (ax_mse, ax_sharp):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{r:g}" for r in sorted({r["minutes"] for r in rows})])
+        ax.minorticks_off()
+        ax.legend(fontsize=8)
+    utils.save_figure(fig, path)
+
+
 def _bench_frames(name: str, n_frames: int, n_clips: int) -> torch.Tensor:
     """Real training clips when the dataset exists (so codebook and motion are realistic),
     else random moving squares of the same shape. Returns float (N, T, 1, 64, 64) in [0, 1]."""
@@ -311,15 +384,21 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="model: timed optimiser steps (dynamics: a third)")
     parser.add_argument("--tok-batch", type=int, default=0, help="model: frames per tokenizer step (0: training default)")
     parser.add_argument("--dyn-batch", type=int, default=0, help="model: clips per dynamics step (0: training default)")
-    parser.add_argument("--model-dataset", default="moving_mnist", help="model: clips to time on")
+    parser.add_argument("--model-dataset", default="moving_mnist", help="model: clips to time on; budget: the dataset to train on")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="ddp: process counts to time")
     parser.add_argument("--run", default="sharp_v2", help="model: run whose metrics.json gives quality for budget")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5, 10, 25, 60],
+                        help="budget: wall-time budgets to train both models for")
+    parser.add_argument("--root", default=str(utils.REPO_ROOT),
+                        help="budget: folder holding the runs' checkpoints/ and results/")
+    parser.add_argument("--train-args", default="",
+                        help="budget: settings passed to both training scripts, e.g. '--data_root=data/font'")
     args = parser.parse_args(argv)
     if args.section != "all" and args.section not in SECTIONS:
         raise SystemExit(f"error: unknown section '{args.section}'; valid: {', '.join(SECTIONS)}, all")
     if not 0 < args.scale <= 1:
         raise SystemExit(f"error: --scale must be in (0, 1], got {args.scale}")
-    todo = list(SECTIONS) if args.section == "all" else [args.section]
+    todo = [s for s in SECTIONS if s not in LONG] if args.section == "all" else [args.section]
     results = {}
     for name in todo:
         print(f"== benchmark section: {name}", flush=True)

@@ -116,3 +116,27 @@ def test_nan_stop_then_resume_ends_as_the_uninterrupted_run(monkeypatch, data_ro
     for k in whole["model"]:
         assert torch.equal(whole["model"][k], resumed["model"][k]), k
     assert [h["loss"] for h in whole["history"]["train"]] == [h["loss"] for h in resumed["history"]["train"]]
+
+
+def test_benchmark_budget_trains_both_models_once_and_plots(data_root, tmp_path):
+    """`benchmark.py --section budget` trains the world model and the baseline for a budget as
+    subprocesses, tabulates their metrics.json, and on a second call reads them instead of
+    training again."""
+    from evaluation import benchmark
+
+    argv = ["--section", "budget", "--minutes", "0.01", "--root", str(tmp_path), "--out", str(tmp_path / "bench"),
+            "--model-dataset", "bouncing_balls",
+            "--train-args", f"--data_root={data_root} --context=4 --eval_sequences=2 --device=cpu --bf16=false"]
+    res = benchmark.main(argv)["budget"]
+    assert [(r["model"], r["run"]) for r in res["rows"]] == [("world model", "sharp_v2_0.01min"),
+                                                             ("baseline", "baseline_0.01min")]
+    for r in res["rows"]:
+        m = json.loads((tmp_path / "results" / r["run"] / "metrics.json").read_text())
+        assert r["mse"] == round(m["means"]["model"]["mse"], 1) and m["horizon"] == 4
+        assert r["sharpness_last"] >= 0 and -1 <= r["ssim"] <= 1   # untrained: 0 steps in 0.6 s
+    assert set(res["references_mse"]) == {"copy_last", "blank"}
+    assert (tmp_path / "bench" / "budget.png").stat().st_size > 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*/metrics.json")}
+    again = benchmark.main(argv)["budget"]
+    assert again["rows"] == res["rows"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*/metrics.json")}
