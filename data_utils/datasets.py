@@ -248,11 +248,13 @@ class SequenceWindows(Dataset):
         """(..., L, 1, H, W) -> context (..., context, 1, H, W), target (..., target, 1, H, W), as views."""
         return frames[..., :self.context, :, :, :], frames[..., self.context:self.length, :, :, :]
 
-    def weights(self, first: int = 0) -> torch.Tensor:
+    def weights(self, first: int | list[int] = 0) -> torch.Tensor:
         """Per-item sampling weights that draw every dataset equally often: 1 / (its item count).
-        first > 0: only the first `first` items of each dataset (the others weigh 0)."""
+        first > 0: only the first `first` items of each dataset (the others weigh 0); a list:
+        one such count per dataset."""
         parts = []
-        for n in self.sizes:
+        firsts = first if isinstance(first, (list, tuple)) else [first] * len(self.sizes)
+        for n, first in zip(self.sizes, firsts):
             kept = min(n, first) if first else n
             w = torch.zeros(n, dtype=torch.double)
             w[:kept] = 1.0 / max(kept, 1)

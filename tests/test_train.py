@@ -89,3 +89,38 @@ def test_killed_twice_and_resumed_ends_as_the_uninterrupted_run(data_root, full,
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["loss"] for h in a["history"]["dynamics"]] == [h["loss"] for h in b["history"]["dynamics"]]
+
+
+def test_caching_stops_at_its_deadline_and_the_dynamics_draws_from_what_was_cached(tmp_path):
+    """Under a budget, cache_clips stops each dataset at its share of the time left (after at
+    least one batch), writes only the clips done, reuses them on a resume, and the sampler
+    weighs only those. The clock is faked: one second per look."""
+    from types import SimpleNamespace
+
+    from data_utils.datasets import SequenceWindows
+    from training import loop
+    from training.world_model import SharpWorldModelV2
+
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 255, (20, 64, 32, 32), dtype=np.uint8) for _ in range(2)]
+    windows = SequenceWindows(["a", "b"], arrays=clips, context=32, target=32)   # 64 frames: 4 clips a batch
+    looks = iter(range(100))
+    run = SimpleNamespace(main=True, ckpt_dir=tmp_path, device=torch.device("cpu"), barrier=lambda: None,
+                          elapsed=lambda: float(next(looks)))
+    model = SharpWorldModelV2(channels=8, code_dim=4, num_codes=8, hidden=4, layers=1, image_size=32)
+    cfg = {"predict": "motion", "bf16": False}
+    # start at 0; dataset a until 1.25 (looks 1, 2: two batches), b until 2.5 (look 3: one batch)
+    cached = loop.cache_clips(cfg, run, model, windows, per_dataset=20, until_s=2.5)
+    assert [len(c) for c in cached["codes"]] == [8, 4]
+    assert np.array_equal(cached["codes"][0], model.encode_clip(
+        torch.from_numpy(clips[0][:8]).float().div(255).unsqueeze(2)).numpy())
+    w = windows.weights(first=[len(c) for c in cached["codes"]])
+    assert torch.allclose(w[:20].sum(), w[20:].sum()) and (w[:8] > 0).all() and (w[8:20] == 0).all()
+    assert (w[20:24] > 0).all() and (w[24:] == 0).all()
+    # resumed: the partial caches are reused as they are, not computed again
+    stamp = (tmp_path / "codes_a.npy").stat().st_mtime_ns
+    again = loop.cache_clips(cfg, run, model, windows, per_dataset=20)
+    assert [len(c) for c in again["codes"]] == [8, 4] and (tmp_path / "codes_a.npy").stat().st_mtime_ns == stamp
+    # without a deadline every clip is cached
+    fresh = loop.cache_clips(cfg, run, model, windows, per_dataset=20, reuse=False)
+    assert [len(c) for c in fresh["codes"]] == [20, 20]

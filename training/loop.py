@@ -25,7 +25,8 @@ its deadline instead of for a number of steps (the tokenizer until tok_share of 
 the dynamics until the whole budget), with the one-cycle schedule stretched over the phase's
 time instead of its steps. The budget counts from the start of the run (Run()) to the end of
 training, caching the codes included and the final evaluation not; a resumed run continues
-the clock saved in its checkpoint. The batches are still those of (seed, step), but where a
+the clock saved in its checkpoint. Caching the codes may take CACHE_SHARE of what the tokenizer
+leaves; it stops there and the dynamics draws from the clips cached. The batches are still those of (seed, step), but where a
 budgeted run stops and its learning rate at each step depend on the machine's speed, so it is
 not bit-reproducible. Under torchrun every rank follows rank 0's clock.
 
@@ -53,6 +54,10 @@ from training import layers
 from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
 PHASES = ("tokenizer", "codes", "dynamics", "done")
+# Under a wall-time budget, caching the codes may take at most this share of the time the
+# tokenizer leaves (the rest trains the dynamics): 2,000 Moving MNIST clips take about 110 s
+# here, within it at 25 minutes, but half the dynamics' time at 5.
+CACHE_SHARE = 0.25
 UNBOUNDED = 10 ** 12   # the step count of a phase that ends at a wall-time deadline
 
 
@@ -469,22 +474,30 @@ def train_tokenizer(cfg, run, model, windows, until_s: float = 0.0):
 
 
 @torch.no_grad()
-def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True) -> dict[str, list]:
+def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True,
+                until_s: float = 0.0) -> dict[str, list]:
     """Phase 2: tokens of the first `per_dataset` training clips of each dataset, computed
     once by rank 0 and stored beside the checkpoint: codes_<name>.npy (N, T, h, w) int16;
     for predict=layers also layers_<name>.npz (`layers.cut`). reuse=False (a tokenizer made
-    in this invocation): codes found there are of another tokenizer and are rewritten."""
+    in this invocation): codes found there are of another tokenizer and are rewritten.
+    until_s > 0: stop caching when the run's clock reaches it (dataset k by its share,
+    (k+1)/K of the time left; at least one batch each): the dynamics then draws from the
+    clips cached (the length of out['codes'][k]). A short budget would otherwise spend its
+    dynamics time on caching clips it never draws (docs/experiments.md, 2026-12-02)."""
     model.eval()
     out = {"codes": []}
     cut = cfg["predict"] == "layers"
     if cut:
         out.update(L=[], velocity=[], positions=[], score=[])
+    start = run.elapsed()
     for k, name in enumerate(windows.names):
         n = min(windows.sizes[k], per_dataset or windows.sizes[k])
         path = run.ckpt_dir / f"codes_{name}.npy"
         cut_path = run.ckpt_dir / f"layers_{name}.npz"
+        deadline = start + max(0.0, until_s - start) * (k + 1) / len(windows.names) if until_s else 0.0
         if run.main and not (reuse and _cached(path, n, windows.length)):
-            _write_codes(cfg, run, model, windows, k, n, path)
+            _write_codes(cfg, run, model, windows, k, n, path, deadline)
+        n = len(np.load(path, mmap_mode="r")) if run.main else n
         if run.main and cut and not _cut_cached(cut_path, n, windows.length, cfg):
             _write_cut(cfg, run, windows, k, n, cut_path)
         run.barrier()
@@ -497,10 +510,12 @@ def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True) 
 
 
 def _cached(path: Path, n: int, T: int) -> bool:
+    """Codes of at most n clips of T frames (fewer where a deadline stopped the caching)."""
     if not path.exists():
         return False
     try:
-        return np.load(path, mmap_mode="r").shape[:2] == (n, T)
+        shape = np.load(path, mmap_mode="r").shape
+        return 0 < shape[0] <= n and shape[1] == T
     except (OSError, ValueError):
         return False
 
@@ -521,18 +536,24 @@ def _clips(windows, k, lo, hi, device):
     return torch.from_numpy(np.array(arr[lo:hi, :windows.length])).to(device).float().div_(255).unsqueeze(2)
 
 
-def _write_codes(cfg, run, model, windows, k, n, path):
+def _write_codes(cfg, run, model, windows, k, n, path, deadline: float = 0.0):
+    """Codes of the first n clips of dataset k, or of as many whole batches as are done when
+    the run's clock passes `deadline` (> 0)."""
     T = windows.length
     codes = np.empty((n, T, model.grid, model.grid), dtype=np.int16)
-    step = max(1, 256 // T)
+    step, done = max(1, 256 // T), 0
     for i in tqdm(range(0, n, step), desc=f"codes {windows.names[k]}"):
+        if done and deadline and run.elapsed() >= deadline:
+            print(f"codes {windows.names[k]}: the budget's caching time is up: {done} of {n} clips cached")
+            break
         x = _clips(windows, k, i, min(n, i + step), run.device)
         with utils.autocast(run.device, cfg["bf16"]):
             c = model.encode_clip(x.contiguous())
         codes[i:i + len(x)] = c.cpu().numpy()
+        done = i + len(x)
     with utils.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, codes)
+            np.save(f, codes[:done])
 
 
 def _write_cut(cfg, run, windows, k, n, path):
@@ -564,7 +585,7 @@ def train_dynamics(cfg, run, model, windows, cached, until_s: float = 0.0):
     model.dynamics.train()
     wrapped = ddp(model, run)
     data = CachedWindows(windows, cached)
-    weights = windows.weights(first=cfg["dyn_sequences"])
+    weights = windows.weights(first=[len(c) for c in cached["codes"]])   # the clips cached
     anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
     T = windows.length
 
@@ -616,7 +637,10 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
         run.state, phase = None, "codes"
     times["tokenizer_s"] = time.time() - t0
     if phase in ("codes", "dynamics"):
-        cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"], reuse=not new_tokenizer)
+        # under a budget the caching may take CACHE_SHARE of what the tokenizer left
+        cache_until = tok_until + CACHE_SHARE * (run.budget_s - tok_until) if run.budget_s else 0.0
+        cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"], reuse=not new_tokenizer,
+                             until_s=cache_until)
         times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
         if phase == "codes":
             run.state = None
