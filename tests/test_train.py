@@ -112,15 +112,17 @@ def test_caching_stops_at_its_deadline_and_the_dynamics_draws_from_what_was_cach
     # start at 0; dataset a until 1.25 (looks 1, 2: two batches), b until 2.5 (look 3: one batch)
     cached = loop.cache_clips(cfg, run, model, windows, per_dataset=20, until_s=2.5)
     assert [len(c) for c in cached["codes"]] == [8, 4]
-    assert np.array_equal(cached["codes"][0], model.encode_clip(
-        torch.from_numpy(clips[0][:8]).float().div(255).unsqueeze(2)).numpy())
-    w = windows.weights(first=[len(c) for c in cached["codes"]])
+    frames = torch.from_numpy(clips[0][:8]).float().div(255).unsqueeze(2)
+    assert np.array_equal(cached["codes"][0], torch.cat([model.encode_clip(x) for x in frames.split(4)]).numpy())
+    data, w = loop.dynamics_data(windows, cached)
     assert torch.allclose(w[:20].sum(), w[20:].sum()) and (w[:8] > 0).all() and (w[8:20] == 0).all()
     assert (w[20:24] > 0).all() and (w[24:] == 0).all()
-    # resumed: the partial caches are reused as they are, not computed again
+    drawn = torch.multinomial(w, 64, replacement=True)
+    assert all(data[int(i)]["codes"].shape == (64, 8, 8) for i in drawn)   # only cached clips are drawn
+    # resumed under the budget: the partial caches are reused as they are
     stamp = (tmp_path / "codes_a.npy").stat().st_mtime_ns
-    again = loop.cache_clips(cfg, run, model, windows, per_dataset=20)
+    again = loop.cache_clips(cfg, run, model, windows, per_dataset=20, until_s=2.5)
     assert [len(c) for c in again["codes"]] == [8, 4] and (tmp_path / "codes_a.npy").stat().st_mtime_ns == stamp
-    # without a deadline every clip is cached
-    fresh = loop.cache_clips(cfg, run, model, windows, per_dataset=20, reuse=False)
-    assert [len(c) for c in fresh["codes"]] == [20, 20]
+    # without a budget a partial cache is not enough: every clip is cached
+    full = loop.cache_clips(cfg, run, model, windows, per_dataset=20)
+    assert [len(c) for c in full["codes"]] == [20, 20]

@@ -25,8 +25,8 @@ its deadline instead of for a number of steps (the tokenizer until tok_share of 
 the dynamics until the whole budget), with the one-cycle schedule stretched over the phase's
 time instead of its steps. The budget counts from the start of the run (Run()) to the end of
 training, caching the codes included and the final evaluation not; a resumed run continues
-the clock saved in its checkpoint. Caching the codes may take CACHE_SHARE of what the tokenizer
-leaves; it stops there and the dynamics draws from the clips cached. The batches are still those of (seed, step), but where a
+the clock saved in its checkpoint. Caching the codes may take CACHE_SHARE of the time left when it
+starts; it stops there and the dynamics draws from the clips cached. The batches are still those of (seed, step), but where a
 budgeted run stops and its learning rate at each step depend on the machine's speed, so it is
 not bit-reproducible. Under torchrun every rank follows rank 0's clock.
 
@@ -54,9 +54,9 @@ from training import layers
 from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
 PHASES = ("tokenizer", "codes", "dynamics", "done")
-# Under a wall-time budget, caching the codes may take at most this share of the time the
-# tokenizer leaves (the rest trains the dynamics): 2,000 Moving MNIST clips take about 110 s
-# here, within it at 25 minutes, but half the dynamics' time at 5.
+# Under a wall-time budget, caching the codes may take at most this share of the time left
+# when it starts (the rest trains the dynamics): 2,000 Moving MNIST clips take about 110 s
+# here, within it at 25 minutes, but three quarters of the 150 s the tokenizer leaves at 5.
 CACHE_SHARE = 0.25
 UNBOUNDED = 10 ** 12   # the step count of a phase that ends at a wall-time deadline
 
@@ -495,7 +495,7 @@ def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True,
         path = run.ckpt_dir / f"codes_{name}.npy"
         cut_path = run.ckpt_dir / f"layers_{name}.npz"
         deadline = start + max(0.0, until_s - start) * (k + 1) / len(windows.names) if until_s else 0.0
-        if run.main and not (reuse and _cached(path, n, windows.length)):
+        if run.main and not (reuse and _cached(path, n, windows.length, partial=bool(until_s))):
             _write_codes(cfg, run, model, windows, k, n, path, deadline)
         n = len(np.load(path, mmap_mode="r")) if run.main else n
         if run.main and cut and not _cut_cached(cut_path, n, windows.length, cfg):
@@ -509,13 +509,13 @@ def cache_clips(cfg, run, model, windows, per_dataset: int, reuse: bool = True,
     return out
 
 
-def _cached(path: Path, n: int, T: int) -> bool:
-    """Codes of at most n clips of T frames (fewer where a deadline stopped the caching)."""
+def _cached(path: Path, n: int, T: int, partial: bool = False) -> bool:
+    """Codes of n clips of T frames; partial (a budget's deadline): of 1 to n clips."""
     if not path.exists():
         return False
     try:
         shape = np.load(path, mmap_mode="r").shape
-        return 0 < shape[0] <= n and shape[1] == T
+        return (0 < shape[0] <= n if partial else shape[0] == n) and shape[1] == T
     except (OSError, ValueError):
         return False
 
@@ -574,6 +574,12 @@ def _write_cut(cfg, run, windows, k, n, path):
             np.savez(f, **out)
 
 
+def dynamics_data(windows, cached: dict) -> tuple[CachedWindows, torch.Tensor]:
+    """The dynamics' dataset and its sampling weights: every dataset drawn equally often,
+    from the clips whose codes were cached (the first len(cached['codes'][k]) of dataset k)."""
+    return CachedWindows(windows, cached), windows.weights(first=[len(c) for c in cached["codes"]])
+
+
 def train_dynamics(cfg, run, model, windows, cached, until_s: float = 0.0):
     """Phase 3: unrolled dynamics training on cached tokens, tokenizer frozen (for dyn_steps
     steps, or until the run's clock reaches until_s > 0; dyn_steps=0 skips it either way)."""
@@ -584,8 +590,7 @@ def train_dynamics(cfg, run, model, windows, cached, until_s: float = 0.0):
     model.tokenizer.eval()
     model.dynamics.train()
     wrapped = ddp(model, run)
-    data = CachedWindows(windows, cached)
-    weights = windows.weights(first=[len(c) for c in cached["codes"]])   # the clips cached
+    data, weights = dynamics_data(windows, cached)
     anneal = max(1, int(cfg["teacher_forcing_until"] * cfg["dyn_steps"]))
     T = windows.length
 
@@ -637,8 +642,9 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
         run.state, phase = None, "codes"
     times["tokenizer_s"] = time.time() - t0
     if phase in ("codes", "dynamics"):
-        # under a budget the caching may take CACHE_SHARE of what the tokenizer left
-        cache_until = tok_until + CACHE_SHARE * (run.budget_s - tok_until) if run.budget_s else 0.0
+        # under a budget the caching may take CACHE_SHARE of the time left when it starts
+        begin = max(run.elapsed(), tok_until)
+        cache_until = begin + CACHE_SHARE * (run.budget_s - begin) if run.budget_s else 0.0
         cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"], reuse=not new_tokenizer,
                              until_s=cache_until)
         times["codes_s"] = time.time() - t0 - times["tokenizer_s"]
