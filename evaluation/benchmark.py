@@ -4,7 +4,7 @@ results/benchmark/<section>.json (plus its charts).
     python evaluation/benchmark.py --section data              # generate all 40k sequences, timed
     python evaluation/benchmark.py --section data --scale 0.1  # a 4k-sequence quick run
     python evaluation/benchmark.py --section model             # tokenizer / dynamics training speed
-    python evaluation/benchmark.py --section budget --minutes 5 10 25 60   # quality per CPU-minute
+    python evaluation/benchmark.py --section budget --minutes 5 10 25 60   # quality per training budget
     python evaluation/benchmark.py --section all               # every section but budget (hours)
 
 Sections register themselves in SECTIONS with @section("name"); a section function takes the
@@ -284,6 +284,10 @@ def bench_budget(args) -> dict:
     import subprocess
 
     root = Path(args.root)
+    extra = shlex.split(args.train_args)
+    if any(a.startswith(("--run=", "--dataset=", "--minutes=", "--out_root=")) for a in extra):
+        raise SystemExit("error: --train-args must not set --run, --dataset, --minutes or --out_root; the budget "
+                         "section sets them (use --model-dataset, --minutes and --root)")
     rows, references = [], {}
     for minutes in args.minutes:
         for label, (script, prefix) in BUDGET_MODELS.items():
@@ -292,13 +296,16 @@ def bench_budget(args) -> dict:
             if not path.exists():
                 cmd = [sys.executable, str(utils.REPO_ROOT / "training" / script), f"--minutes={minutes:g}",
                        f"--run={run}", f"--dataset={args.model_dataset}", f"--out_root={root}",
-                       *shlex.split(args.train_args)]
+                       *extra]
                 if (root / "checkpoints" / run / "latest.pt").exists():
                     cmd.append("--resume")
                 print(" ".join(map(shlex.quote, cmd[1:])), flush=True)
                 if subprocess.run(cmd).returncode != 0:
                     raise SystemExit(f"error: {script} failed for {minutes:g} minutes; its output is above")
             m = json.loads(path.read_text())
+            if m["config"]["dataset"] != args.model_dataset:
+                raise SystemExit(f"error: {path.parent} was trained on {m['config']['dataset']}, not "
+                                 f"{args.model_dataset}; pass another --root or move that run away")
             model = m["model"]
             rows.append({"model": label, "minutes": minutes, "mse": round(m["means"]["model"]["mse"], 1),
                          "ssim": round(m["means"]["model"]["ssim"], 3), "mse_last": round(model["mse"][-1], 1),
@@ -329,7 +336,8 @@ def _budget_chart(rows: list[dict], references: dict, path: Path) -> None:
     ax_sharp.axhline(1.0, color="grey", ls=":", lw=1, label="as sharp as the truth")
     ax_mse.set(xlabel="training budget (minutes of wall time)", ylabel="mean MSE per frame", title="10 -> 10 MSE")
     ax_sharp.set(xlabel="training budget (minutes of wall time)", ylabel="sharpness at the last step",
-                 title="sharpness (1 = as sharp as the truth)", ylim=(0, 1.2))
+                 title="sharpness (1 = as sharp as the truth)",
+                 ylim=(0, max(1.2, 0.1 + max(r["sharpness_last"] for r in rows))))
     for ax in (ax_mse, ax_sharp):
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["minutes"] for r in rows}), [f"{r:g}" for r in sorted({r["minutes"] for r in rows})])

@@ -140,3 +140,6 @@ def test_benchmark_budget_trains_both_models_once_and_plots(data_root, tmp_path)
     again = benchmark.main(argv)["budget"]
     assert again["rows"] == res["rows"]
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*/metrics.json")}
+    with pytest.raises(SystemExit, match="was trained on bouncing_balls"):   # another dataset's runs
+        benchmark.main([a if a != "bouncing_balls" else "moving_mnist" for a in argv])
+    assert "budget" in benchmark.LONG   # hours of training: not part of --section all
