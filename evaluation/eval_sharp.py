@@ -182,6 +182,9 @@ def evaluate(model, frames, device, context: int = 10, horizon: int = 10, long_h
     'rollouts': {'pred' float32 (N, horizon, H, W), 'latent' float32 (N, F) the compact
     state after the context}, which evaluation/eval_physics.py reads instead of rolling the
     same clips out again."""
+    if keep_rollouts and not hasattr(model, "latent"):
+        raise ValueError(f"keep_rollouts needs a world model with a compact state; {type(model).__name__} has "
+                         f"none: call evaluate without keep_rollouts")
     n, T = frames.shape[:2]
     ctx, hor = context, horizon
     long_h = long_horizon if long_horizon > hor and T >= ctx + long_horizon else 0

@@ -57,6 +57,9 @@ def test_model_predicts_all_frames_at_once_and_rolls_out_longer():
     assert torch.allclose(pred[:, 2:4], model(torch.cat([context[:, -1:], pred[:, :2]], 1)).clamp(0, 1))
     with pytest.raises(ValueError, match="reads 3 context frames"):
         model.rollout(context[:, :2], 2)
+    from evaluation import eval_sharp   # the baseline has no compact state for eval_physics to read
+    with pytest.raises(ValueError, match="has none: call evaluate without keep_rollouts"):
+        eval_sharp.evaluate(model, np.zeros((2, 5, 64, 64), np.uint8), torch.device("cpu"), 3, 2, keep_rollouts=True)
     # The default (CPU-sized) model, and its config as a checkpoint holds it.
     default = SimVP()
     assert 3_000_000 < count_parameters(default) < 5_000_000
