@@ -253,9 +253,9 @@ class SequenceWindows(Dataset):
         first > 0: only the first `first` items of each dataset (the others weigh 0); a list:
         one such count per dataset."""
         parts = []
-        firsts = first if isinstance(first, (list, tuple)) else [first] * len(self.sizes)
-        for n, first in zip(self.sizes, firsts):
-            kept = min(n, first) if first else n
+        counts = first if isinstance(first, (list, tuple)) else [first] * len(self.sizes)
+        for n, count in zip(self.sizes, counts):
+            kept = min(n, count) if count else n
             w = torch.zeros(n, dtype=torch.double)
             w[:kept] = 1.0 / max(kept, 1)
             parts.append(w)

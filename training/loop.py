@@ -25,10 +25,10 @@ its deadline instead of for a number of steps (the tokenizer until tok_share of 
 the dynamics until the whole budget), with the one-cycle schedule stretched over the phase's
 time instead of its steps. The budget counts from the start of the run (Run()) to the end of
 training, caching the codes included and the final evaluation not; a resumed run continues
-the clock saved in its checkpoint. Caching the codes may take CACHE_SHARE of the time left when it
-starts; it stops there and the dynamics draws from the clips cached. The batches are still those of (seed, step), but where a
-budgeted run stops and its learning rate at each step depend on the machine's speed, so it is
-not bit-reproducible. Under torchrun every rank follows rank 0's clock.
+the clock saved in its checkpoint. Caching the codes may take CACHE_SHARE of the time left
+when it starts; it stops there and the dynamics draws from the clips cached. The batches are
+still those of (seed, step), but where a budgeted run stops and its learning rate at each step
+depend on the machine's speed, so it is not bit-reproducible. Under torchrun every rank follows rank 0's clock.
 
 The same pieces train models without a tokenizer (training/train_baseline.py: one phase,
 "train"): Run(cfg, phases=...), StepBatches, optimise, save_state.
@@ -643,7 +643,7 @@ def train_world_model(cfg: dict, run: Run, names: list[str]):
     times["tokenizer_s"] = time.time() - t0
     if phase in ("codes", "dynamics"):
         # under a budget the caching may take CACHE_SHARE of the time left when it starts
-        begin = max(run.elapsed(), tok_until)
+        begin = run.elapsed()
         cache_until = begin + CACHE_SHARE * (run.budget_s - begin) if run.budget_s else 0.0
         cached = cache_clips(cfg, run, model, windows, cfg["dyn_sequences"], reuse=not new_tokenizer,
                              until_s=cache_until)
