@@ -14,7 +14,8 @@ TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--laye
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
         "--tok_steps=4", "--tok_batch=8", "--wm_pretrain=2", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
         "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2",
-        "--latent_pretrain=2", "--latent_steps=2", "--latent_batch=2", "--cache_episodes=3"]
+        "--latent_pretrain=2", "--latent_steps=2", "--latent_batch=2", "--cache_episodes=3",
+        "--final_prior_steps=2", "--final_batch=2", "--final_ac_steps=2"]
 
 
 def rl(out_root, name, *extra, check=True):
@@ -45,6 +46,10 @@ def test_loop_writes_its_outputs(full):
     for key in ("dyn", "rew", "prior", "prior_rew", "pol", "val", "ent", "imag_reward", "real_reward", "rew_filter",
                 "rew_prior", "rew_open"):
         assert np.isfinite(last[key]), key
+    # the consolidation ran once, after the last iteration, on all 4 chunks of the replay
+    assert {"final_prior", "final_prior_rew", "final_pol", "final_val"} <= set(ckpt["final"])
+    assert all(np.isfinite(v) for v in ckpt["final"].values())
+    assert ev["train_wall_s"] == pytest.approx(ckpt["final"]["wall_s"])
     assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
 

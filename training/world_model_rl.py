@@ -17,7 +17,9 @@ are computed once (no gradient) and cached, and the reward head and the latent p
 for the price of a few frame predictions; (3) train the actor and critic
 (training/agent.py) on `horizon`-step rollouts imagined by the latent prior from cached
 real states: no frame is drawn while imagining, as in Dreamer; (4) collect new episodes
-in the real environment (data_utils/envs.py) with the sampled policy. At the end the greedy
+in the real environment (data_utils/envs.py) with the sampled policy; (5) after the last
+iteration, with the world model frozen, the latent prior and then the actor and critic
+learn once more on the states of the whole replay (`consolidate`). At the end the greedy
 policy is evaluated on seeds never used in training, beside the random policy and the
 reference controller that sees the true state.
 
@@ -80,11 +82,15 @@ CONFIG = dict(
     prior_lr=1e-3,
     # --- agent (training/agent.py AgentConfig) -------------------------------------------
     iterations=50,             # "dreaming" iterations
-    ac_steps=30,               # actor-critic updates per iteration
+    ac_steps=25,               # actor-critic updates per iteration
     imag_batch=256,            # imagined trajectories per update (start states: cached states of real frames)
     horizon=15,                # imagination horizon (in the latent prior)
     actor_grad="dynamics",     # dynamics (pathwise, through the latent prior) | reinforce (training/agent.py actor_loss)
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
+    # --- consolidation: after the last iteration, the world model frozen (`consolidate`) ---
+    final_prior_steps=1000,    # latent-prior steps on the states of every replay episode, cached once
+    final_batch=256,           # windows per step (horizon + 2 states)
+    final_ac_steps=150,        # then actor-critic updates in that prior
     # --- evaluation ----------------------------------------------------------------------
     eval_episodes=30,          # unseen seeds per policy
     eval_only=False,           # evaluate --checkpoint on --seeds, no training
@@ -318,6 +324,38 @@ def train_latent(cfg, model, opt, cache: dict, rng) -> dict:
         torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
         opt.step()
     return {"rew": rew.item(), **logs}
+
+
+def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
+    """The last phase, with the world model frozen: the latent prior goes on learning on the
+    compact states of every replay episode, computed once (`final_prior_steps` updates of
+    `final_batch` windows, open-loop as in `train_latent`), then the actor and critic learn
+    in it (`final_ac_steps` updates). Why: during the loop the frame dynamics and the keypoint
+    maps move every iteration, so a prior that gets `latent_steps` updates an iteration on
+    `cache_episodes` episodes chases a moving target; once they stop it can fit them on all
+    the data (measured in docs/experiments.md, 2026-12-06). Logs 'final_prior',
+    'final_prior_rew' and the agent's last logs under 'final_pol', 'final_val'."""
+    cache = cache_states({**cfg, "cache_episodes": len(replay)}, model, replay, device, rng)
+    E, T = cache["rewards"].shape
+    L = min(cfg["horizon"] + 2, T)
+    with torch.no_grad():   # the keypoint maps are frozen now: the states are constants, (E, T, F)
+        z = torch.cat([cached_latents(model, cache, *np.meshgrid(np.arange(i, min(i + 64, E)), np.arange(T),
+                                                                  indexing="ij"))
+                       for i in range(0, E, 64)])
+    logs = {}
+    for _ in range(cfg["final_prior_steps"]):
+        e = torch.as_tensor(rng.integers(0, E, cfg["final_batch"]))[:, None]
+        w = torch.as_tensor(rng.integers(0, T - L + 1, cfg["final_batch"]))[:, None] + torch.arange(L)
+        with utils.autocast(device, cfg["bf16"]):
+            loss, logs = model.prior_loss(z[e, w], cache["actions"][e, w], cache["rewards"][e, w])
+        check_finite(loss.item(), "latent prior loss")
+        wm_opt.zero_grad(set_to_none=True)
+        loss.backward()     # reaches only the prior: the states are constants, the reward head frozen in it
+        torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
+        wm_opt.step()
+    ac = train_agent({**cfg, "ac_steps": cfg["final_ac_steps"]}, model, agent, cache, rng) \
+        if cfg["final_ac_steps"] else {}
+    return {**{f"final_{k}": v for k, v in logs.items()}, **{f"final_{k}": ac[k] for k in ("pol", "val") if k in ac}}
 
 
 def agent_input(prev, cur):
@@ -586,9 +624,12 @@ def main():
     cfg = utils.parse_overrides(CONFIG)
     for key in ("iterations", "episodes_per_iter", "seed_episodes", "test_episodes", "wm_batch", "imag_batch",
                 "horizon", "eval_episodes", "episode_steps", "cache_episodes", "latent_batch", "latent_steps",
-                "latent_pretrain"):
+                "latent_pretrain", "final_batch"):
         if cfg[key] < 1:
             raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
+    for key in ("final_prior_steps", "final_ac_steps"):
+        if cfg[key] < 0:
+            raise SystemExit(f"error: --{key} must be at least 0 (got {cfg[key]})")
     if cfg["episode_steps"] < 2:
         raise SystemExit(f"error: --episode_steps must be at least 2 (the latent prior learns from windows of 3 "
                          f"frames; got {cfg['episode_steps']})")
@@ -623,13 +664,13 @@ def main():
     model, agent = build(cfg, device)
     wm_opt = world_model_optimiser(cfg, model)
     replay = Replay(ckpt_dir)
-    history, start, wall = [], 0, 0.0
+    history, start, wall, final = [], 0, 0.0, None
     t0 = time.time()
 
     def save(iteration):
         utils.save_checkpoint({"config": cfg, "model_config": model.config.to_dict(), "model": model.state_dict(),
                                "wm_opt": wm_opt.state_dict(), "agent": agent.state(), "iteration": iteration,
-                               "replay_chunks": replay.chunks, "history": history,
+                               "replay_chunks": replay.chunks, "history": history, "final": final,
                                "wall_s": wall + time.time() - t0}, ckpt_path)
 
     test_path = ckpt_dir / "test_episodes.npz"   # the held-out episodes with their codes (for --resume)
@@ -646,7 +687,7 @@ def main():
                              f"resume with the settings it was trained with") from None
         replay.load(ckpt["replay_chunks"])
         utils.remove_stale_temps(ckpt_dir)
-        history, start, wall = ckpt["history"], ckpt["iteration"], ckpt["wall_s"]
+        history, start, wall, final = ckpt["history"], ckpt["iteration"], ckpt["wall_s"], ckpt.get("final")
         model.tokenizer.eval().requires_grad_(False)
         print(f"resuming {ckpt_path} at iteration {start}")
         with np.load(test_path) as z:
@@ -705,9 +746,18 @@ def main():
               + f"  [{row['wall_s']:.0f} s]", flush=True)
         save(it + 1)
 
+    if final is None:   # (5) consolidation; a run killed in it redoes it from the last iteration's checkpoint
+        rng = np.random.default_rng([cfg["seed"], cfg["iterations"] + 1])
+        torch.manual_seed(cfg["seed"] * 1_000_003 + cfg["iterations"] + 1)
+        final = consolidate(cfg, model, agent, wm_opt, replay, device, rng)
+        final["wall_s"] = wall + time.time() - t0
+        print("consolidation: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k != "wall_s")
+              + f"  [{final['wall_s']:.0f} s]", flush=True)
+        save(cfg["iterations"])
+
     ev = evaluate(cfg, model, agent, EVAL_SEED + np.arange(cfg["eval_episodes"]), device)
     print_table(ev)
-    train_s = history[-1]["wall_s"] if history else wall
+    train_s = final["wall_s"]
     save_eval(ev, Path(cfg["json_path"]) if cfg["json_path"] else out_dir / "eval.json",
               {"checkpoint": str(ckpt_path), "train_wall_s": train_s, "held_out_reward_error":
                {k: history[-1][k] for k in ("rew_filter", "rew_prior", "rew_open") if history and k in history[-1]}})
