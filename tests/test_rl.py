@@ -64,13 +64,14 @@ def test_loop_runs_on_the_particle_dynamics(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_state(full, tmp_path):
-    """SIGKILL (no clean-up runs) in iteration 2, just after the checkpoint of iteration 1,
-    then --resume: the final state is the uninterrupted run's."""
+    """SIGKILL (no clean-up runs) just after the first checkpoint of an iteration >= 1 that the
+    watcher reads (usually in iteration 2; under load the tiny run can be further on, in the
+    consolidation or the evaluation), then --resume: the final state is the uninterrupted run's."""
     folder = tmp_path / "checkpoints" / "killed"
     kill_when(["training/world_model_rl.py", "--run=killed", f"--out_root={tmp_path}", *TINY],
               checkpoint_where(folder / "latest.pt", lambda c: c["iteration"] >= 1))
     partial = torch.load(folder / "latest.pt", weights_only=True)
-    assert partial["iteration"] == 1
+    assert partial["iteration"] >= 1
     # a replay file written after the last checkpoint (a kill later in the iteration) is rewritten
     stale = folder / f"replay_{partial['replay_chunks']}.npz"
     if not stale.exists():
