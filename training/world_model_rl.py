@@ -338,10 +338,9 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
     cache = cache_states({**cfg, "cache_episodes": len(replay)}, model, replay, device, rng)
     E, T = cache["rewards"].shape
     L = min(cfg["horizon"] + 2, T)
+    ep, t = np.meshgrid(np.arange(E), np.arange(T), indexing="ij")
     with torch.no_grad():   # the keypoint maps are frozen now: the states are constants, (E, T, F)
-        z = torch.cat([cached_latents(model, cache, *np.meshgrid(np.arange(i, min(i + 64, E)), np.arange(T),
-                                                                  indexing="ij"))
-                       for i in range(0, E, 64)])
+        z = torch.cat([cached_latents(model, cache, ep[i:i + 64], t[i:i + 64]) for i in range(0, E, 64)])
     logs = {}
     for _ in range(cfg["final_prior_steps"]):
         e = torch.as_tensor(rng.integers(0, E, cfg["final_batch"]))[:, None]
