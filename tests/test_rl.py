@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.scripts import checkpoint_where, kill_when, run
+from training import world_model_rl
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
@@ -49,6 +50,9 @@ def test_loop_writes_its_outputs(full):
     # the consolidation ran once, after the last iteration, on all 4 chunks of the replay
     assert {"final_prior", "final_prior_rew", "final_pol", "final_val"} <= set(ckpt["final"])
     assert all(np.isfinite(v) for v in ckpt["final"].values())
+    # ... with the actor at its own, smaller step size (the loop's is actor_lr)
+    assert ckpt["agent"]["actor_opt"]["param_groups"][0]["lr"] == pytest.approx(world_model_rl.CONFIG["final_actor_lr"])
+    assert world_model_rl.CONFIG["final_actor_lr"] != world_model_rl.CONFIG["actor_lr"]
     assert ev["train_wall_s"] == pytest.approx(ckpt["final"]["wall_s"])
     assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
@@ -116,14 +120,14 @@ def test_eval_sharp_evaluates_the_action_conditioned_model(full, tmp_path):
 def test_clear_errors_in_process(tmp_path, monkeypatch):
     import sys
 
-    from training import world_model_rl
     cases = [(["--eval_only"], "needs --checkpoint"),
              (["--eval_only", f"--checkpoint={tmp_path / 'none.pt'}"], "not found"),
              (["--resume"], "drop --resume"),
              (["--horizn=3"], "did you mean --horizon"),
              (["--context=8", "--wm_window=6"], "--context < --wm_window"),
              (["--latent_steps=0"], "--latent_steps must be at least 1"),
-             (["--episode_steps=1"], "--episode_steps must be at least 2")]
+             (["--episode_steps=1"], "--episode_steps must be at least 2"),
+             (["--final_actor_lr=0"], "--final_actor_lr must be positive")]
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["world_model_rl.py", f"--out_root={tmp_path}", *args])
         with pytest.raises(SystemExit, match=message):

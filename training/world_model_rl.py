@@ -88,9 +88,10 @@ CONFIG = dict(
     actor_grad="dynamics",     # dynamics (pathwise, through the latent prior) | reinforce (training/agent.py actor_loss)
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, actor_lr=1e-3, critic_lr=1e-3,
     # --- consolidation: after the last iteration, the world model frozen (`consolidate`) ---
-    final_prior_steps=1000,    # latent-prior steps on the states of every replay episode, cached once
+    final_prior_steps=700,     # latent-prior steps on the states of every replay episode, cached once
     final_batch=256,           # windows per step (horizon + 2 states)
-    final_ac_steps=150,        # then actor-critic updates in that prior
+    final_ac_steps=300,        # then actor-critic updates in that prior
+    final_actor_lr=1e-4,       # the actor's step size for them: fine-tuning, not the loop's actor_lr (`consolidate`)
     # --- evaluation ----------------------------------------------------------------------
     eval_episodes=30,          # unseen seeds per policy
     eval_only=False,           # evaluate --checkpoint on --seeds, no training
@@ -330,11 +331,14 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
     """The last phase, with the world model frozen: the latent prior goes on learning on the
     compact states of every replay episode, computed once (`final_prior_steps` updates of
     `final_batch` windows, open-loop as in `train_latent`), then the actor and critic learn
-    in it (`final_ac_steps` updates). Why: during the loop the frame dynamics and the keypoint
-    maps move every iteration, so a prior that gets `latent_steps` updates an iteration on
-    `cache_episodes` episodes chases a moving target; once they stop it can fit them on all
-    the data (measured in docs/experiments.md, 2026-12-06). Logs 'final_prior',
-    'final_prior_rew' and the agent's last logs under 'final_pol', 'final_val'."""
+    in it (`final_ac_steps` updates, the actor at `final_actor_lr`). Why: during the loop the
+    frame dynamics and the keypoint maps move every iteration, so a prior that gets
+    `latent_steps` updates an iteration on `cache_episodes` episodes chases a moving target;
+    once they stop it can fit them on all the data. The actor is close to its goal by then
+    and its world has just moved: at the loop's step size its real score swings from one
+    hundred updates to the next, at a tenth of it the score settles (both measured in
+    docs/experiments.md, 2026-12-06). Logs 'final_prior', 'final_prior_rew' and the agent's
+    last logs under 'final_pol', 'final_val'."""
     cache = cache_states({**cfg, "cache_episodes": len(replay)}, model, replay, device, rng)
     E, T = cache["rewards"].shape
     L = min(cfg["horizon"] + 2, T)
@@ -352,6 +356,8 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
         loss.backward()     # reaches only the prior: the states are constants, the reward head frozen in it
         torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
         wm_opt.step()
+    for group in agent.actor_opt.param_groups:
+        group["lr"] = cfg["final_actor_lr"]
     ac = train_agent({**cfg, "ac_steps": cfg["final_ac_steps"]}, model, agent, cache, rng) \
         if cfg["final_ac_steps"] else {}
     return {**{f"final_{k}": v for k, v in logs.items()}, **{f"final_{k}": ac[k] for k in ("pol", "val") if k in ac}}
@@ -626,6 +632,8 @@ def main():
                 "latent_pretrain", "final_batch"):
         if cfg[key] < 1:
             raise SystemExit(f"error: --{key} must be at least 1 (got {cfg[key]})")
+    if cfg["final_actor_lr"] <= 0:
+        raise SystemExit(f"error: --final_actor_lr must be positive (got {cfg['final_actor_lr']})")
     for key in ("final_prior_steps", "final_ac_steps"):
         if cfg[key] < 0:
             raise SystemExit(f"error: --{key} must be at least 0 (got {cfg[key]})")
