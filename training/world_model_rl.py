@@ -334,9 +334,9 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
     in it (`final_ac_steps` updates, the actor at `final_actor_lr`). Why: during the loop the
     frame dynamics and the keypoint maps move every iteration, so a prior that gets
     `latent_steps` updates an iteration on `cache_episodes` episodes chases a moving target;
-    once they stop it can fit them on all the data. The actor is close to its goal by then
-    and its world has just moved: at the loop's step size its real score swings by 0.4
-    within 150 updates, at a tenth of it the score settles (both measured in
+    once they stop it can fit them on all the data. The actor has learned most of what it
+    will by then, and its world has just moved: at the loop's step size its real score
+    swings by 0.4 within 150 updates, at a tenth of it the score settles (both measured in
     docs/experiments.md, 2026-12-06). Logs 'final_prior', 'final_prior_rew' and the agent's
     last logs under 'final_pol', 'final_val'."""
     cache = cache_states({**cfg, "cache_episodes": len(replay)}, model, replay, device, rng)
