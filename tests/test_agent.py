@@ -77,6 +77,10 @@ def test_actor_bounds_std_and_log_prob():
     # the initial std is near max_std: (1 - .1) * sigmoid(2) + .1 for a fresh head on small inputs
     std0 = actor.dist(torch.zeros(1, 8)).base_dist.scale
     assert std0.min() > 0.5
+    # a narrower range (world_model_rl.py's max_std) bounds the std on both sides
+    narrow = Actor(8, 3, units=32, max_std=0.3)
+    std = narrow.dist(z).base_dist.scale
+    assert std.min() >= 0.1 - 1e-6 and std.max() <= 0.3 + 1e-6 and std.max() > 0.25
 
 
 def test_critic_slow_copy_follows_online_by_the_decay():

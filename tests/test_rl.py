@@ -50,12 +50,26 @@ def test_loop_writes_its_outputs(full):
     # the consolidation ran once, after the last iteration, on all 4 chunks of the replay
     assert {"final_prior", "final_prior_rew", "final_pol", "final_val"} <= set(ckpt["final"])
     assert all(np.isfinite(v) for v in ckpt["final"].values())
-    # ... with the actor at its own, smaller step size (the loop's is actor_lr)
-    assert ckpt["agent"]["actor_opt"]["param_groups"][0]["lr"] == pytest.approx(world_model_rl.CONFIG["final_actor_lr"])
-    assert world_model_rl.CONFIG["final_actor_lr"] != world_model_rl.CONFIG["actor_lr"]
+    # the actor's step size annealed over the iterations from actor_lr to final_actor_lr, which
+    # the consolidation kept
+    cfg = world_model_rl.CONFIG
+    assert [h["actor_lr"] for h in ckpt["history"]] == pytest.approx(
+        [cfg["actor_lr"], (cfg["actor_lr"] + cfg["final_actor_lr"]) / 2, cfg["final_actor_lr"]])
+    assert ckpt["agent"]["actor_opt"]["param_groups"][0]["lr"] == pytest.approx(cfg["final_actor_lr"])
+    assert cfg["final_actor_lr"] < cfg["actor_lr"]
+    assert ckpt["agent"]["config"]["max_std"] == pytest.approx(cfg["max_std"])
     assert ev["train_wall_s"] == pytest.approx(ckpt["final"]["wall_s"])
     assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
+
+
+def test_actor_step_size_is_a_cosine_from_actor_lr_to_final_actor_lr():
+    cfg = {"iterations": 50, "actor_lr": 1e-3, "final_actor_lr": 1e-4}
+    lrs = [world_model_rl.actor_step_size(cfg, it) for it in range(50)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[49 // 2] == pytest.approx(5.5e-4, rel=0.05)          # half-way: the mean of the two
+    assert world_model_rl.actor_step_size({**cfg, "iterations": 1}, 0) == pytest.approx(1e-3)
 
 
 def test_loop_runs_on_the_particle_dynamics(tmp_path):
@@ -127,7 +141,8 @@ def test_clear_errors_in_process(tmp_path, monkeypatch):
              (["--context=8", "--wm_window=6"], "--context < --wm_window"),
              (["--latent_steps=0"], "--latent_steps must be at least 1"),
              (["--episode_steps=1"], "--episode_steps must be at least 2"),
-             (["--final_actor_lr=0"], "--final_actor_lr must be positive")]
+             (["--final_actor_lr=0"], "--final_actor_lr must be positive"),
+             (["--max_std=0.1"], "--max_std must be above")]
     for args, message in cases:
         monkeypatch.setattr(sys, "argv", ["world_model_rl.py", f"--out_root={tmp_path}", *args])
         with pytest.raises(SystemExit, match=message):
