@@ -34,9 +34,8 @@ truncates itself, so the registered spec has no TimeLimit). Success: final dista
 
 Observations: uint8 (size, size) for the single environment (gymnasium's env checker accepts the
 2-D image as it is; it matches the datasets' (T, H, W) frames), (n, size, size) for a batch.
-Drawn with data_utils/render.py: the target as a dim cross (intensity 110) with arms of half
-length 8, the ball as a disc of radius 4 at 255 on top (overlaps composite by max, so the ball
-covers the target's centre while the arms' tips stay in sight).
+Drawn with data_utils/render.py: the target as a dim cross (intensity 110), the ball as a disc of
+radius 4 at 255 on top (overlaps composite by max, so the ball covers the target).
 
 Seeds: PushBallBatch.reset(seed) gives environment i its own generator
 np.random.default_rng(seed + i) (or seed[i] for a sequence of seeds), so environment i of a batch
@@ -86,9 +85,7 @@ class PushBallPhysics:
     init_speed: float = 1.0           # px/frame, initial velocity uniform in [-init_speed, init_speed]^2
     target_margin: float = 6.0        # px, target centre at least this far inside the frame's edges
     min_target_distance: float = 16.0 # px, initial ball-target distance at least this
-    target_half_length: float = 8.0   # px, half length of the target cross's arms: twice the ball's radius, so the
-                                      # tips stay in sight when the ball sits on the target (at 4 the ball hid the
-                                      # whole cross and a policy that reached the target lost it, docs/experiments.md)
+    target_half_length: float = 4.0   # px, half length of the target cross's arms
     target_half_width: float = 1.0    # px, half thickness of the arms
     target_intensity: float = 110.0   # grey level of the target (dim)
     ball_intensity: float = 255.0     # grey level of the ball

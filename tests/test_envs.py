@@ -202,7 +202,7 @@ def test_ball_drawn_at_its_state():
     checked = 0
     yy, xx = np.mgrid[0:S, 0:S].astype(float)
     for _ in range(5):
-        for i in np.flatnonzero(info["distance"] > 18.0):   # the target cross is outside the window
+        for i in np.flatnonzero(info["distance"] > 14.0):   # the target cross is outside the window
             p = info["pos"][i]
             win = (np.abs(xx - p[0]) <= 6) & (np.abs(yy - p[1]) <= 6)
             w = obs[i] * win
@@ -212,22 +212,6 @@ def test_ball_drawn_at_its_state():
             checked += 1
         obs, _, _, _, info = b.step(rng.uniform(-1, 1, (64, 2)))
     assert checked > 200
-
-
-def test_target_stays_in_sight_under_the_ball():
-    """With the ball on the target, the cross's four arm tips still show beyond the ball; with
-    the ball 2 px right of the target, fewer pixels of the right arm than of the left show."""
-    b = envs.PushBallBatch(2)
-    b.reset(3)
-    b.pos = b.target + np.array([[0.0, 0.0], [2.0, 0.0]])
-    frame = b._observe().astype(float)                               # (2, S, S)
-    k = int(b.p.radius) + 3                                          # px from the target: beyond the ball
-    tx, ty = np.round(b.target[0]).astype(int)
-    tips = [frame[0, ty, tx + k], frame[0, ty, tx - k], frame[0, ty + k, tx], frame[0, ty - k, tx]]
-    assert min(tips) > 0.5 * b.p.target_intensity, tips
-    tx, ty = np.round(b.target[1]).astype(int)
-    arm_seen = frame[1, ty] <= b.p.target_intensity + 1             # arm pixels not under the ball
-    assert arm_seen[tx - 8:tx].sum() > arm_seen[tx + 1:tx + 9].sum()
 
 
 # --- the script -------------------------------------------------------------------------------
