@@ -343,6 +343,11 @@ class Agent(nn.Module):
     def act(self, latent: torch.Tensor, sample: bool = True) -> torch.Tensor:
         return self.actor.act(latent, sample)
 
+    def set_actor_lr(self, lr: float) -> None:
+        """The actor's learning rate from now on (a schedule's value; saved with actor_opt)."""
+        for group in self.actor_opt.param_groups:
+            group["lr"] = lr
+
     def update(self, latents: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                continues: torch.Tensor) -> dict:
         """One actor and one critic step on imagination; layout in the module docstring.

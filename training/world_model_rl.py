@@ -87,8 +87,8 @@ CONFIG = dict(
     horizon=15,                # imagination horizon (in the latent prior)
     actor_grad="dynamics",     # dynamics (pathwise, through the latent prior) | reinforce (training/agent.py actor_loss)
     gamma=0.99, lam=0.95, entropy=3e-4, units=256, critic_lr=1e-3,
-    max_std=0.3,               # the actor's largest std before the tanh (training/agent.py Actor; the smallest is 0.1)
-    actor_lr=1e-3,             # the actor's step size at iteration 1, annealed to final_actor_lr by the last (`actor_step_size`)
+    max_std=0.3,               # the actor's largest std before the tanh (agent.py Actor; the smallest is 0.1)
+    actor_lr=1e-3,             # the actor's step size at iteration 1, annealed to final_actor_lr (`actor_step_size`)
     # --- consolidation: after the last iteration, the world model frozen (`consolidate`) ---
     final_prior_steps=400,     # latent-prior steps on the states of every replay episode, cached once
     final_batch=256,           # windows per step (horizon + 2 states)
@@ -358,8 +358,7 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
         loss.backward()     # reaches only the prior: the states are constants, the reward head frozen in it
         torch.nn.utils.clip_grad_norm_(model.dynamics.parameters(), 1.0)
         wm_opt.step()
-    for group in agent.actor_opt.param_groups:
-        group["lr"] = cfg["final_actor_lr"]
+    agent.set_actor_lr(cfg["final_actor_lr"])   # where the loop's schedule ends (also after --iterations=1)
     ac = train_agent({**cfg, "ac_steps": cfg["final_ac_steps"]}, model, agent, cache, rng) \
         if cfg["final_ac_steps"] else {}
     return {**{f"final_{k}": v for k, v in logs.items()}, **{f"final_{k}": ac[k] for k in ("pol", "val") if k in ac}}
@@ -368,13 +367,13 @@ def consolidate(cfg, model, agent, wm_opt, replay, device, rng) -> dict:
 def actor_step_size(cfg, it: int) -> float:
     """The actor's learning rate in iteration `it` (0-based): a cosine from actor_lr at the
     first iteration to final_actor_lr at the last (Loshchilov & Hutter 2017), which the
-    consolidation keeps. Why anneal: at a constant 1e-3 the real score swings from one
-    iteration to the next (seed 2's collected reward fell from about -0.20 to -0.32 per step
-    in its last iteration and scored 0.58), and in a refit prior it swings by 0.4 within 150
-    updates, while at 1e-4 it settles (docs/experiments.md, 2026-12-06); early on, the large
-    step is what gets the actor moving in 50 iterations."""
+    consolidation keeps. Why anneal: at a constant large step the real score swings from one
+    iteration to the next and can end on a dip, while at the small one it settles; early on,
+    the large step is what gets the actor moving in 50 iterations (docs/experiments.md,
+    2026-12-06 and 2026-12-06 night)."""
     frac = it / max(cfg["iterations"] - 1, 1)
-    return float(cfg["final_actor_lr"] + (cfg["actor_lr"] - cfg["final_actor_lr"]) * 0.5 * (1 + np.cos(np.pi * frac)))
+    lo, hi = cfg["final_actor_lr"], cfg["actor_lr"]
+    return float(lo + (hi - lo) * 0.5 * (1 + np.cos(np.pi * frac)))
 
 
 def agent_input(prev, cur):
@@ -588,8 +587,7 @@ def build(cfg, device):
     agent = Agent(AgentConfig(latent_dim=2 * model.dynamics.latent_dim, action_dim=2,
                               units=cfg["units"], horizon=cfg["horizon"], gamma=cfg["gamma"], lam=cfg["lam"],
                               entropy=cfg["entropy"], max_std=cfg["max_std"], actor_grad=cfg["actor_grad"],
-                              actor_lr=cfg["actor_lr"],
-                              critic_lr=cfg["critic_lr"])).to(device)
+                              actor_lr=cfg["actor_lr"], critic_lr=cfg["critic_lr"])).to(device)
     return model, agent
 
 
@@ -752,14 +750,14 @@ def main():
         wm = train_world_model(cfg, model, wm_opt, replay, device, rng)
         cache = cache_states(cfg, model, replay, device, rng)
         lat = train_latent(cfg, model, wm_opt, cache, rng)
-        for group in agent.actor_opt.param_groups:
-            group["lr"] = actor_step_size(cfg, it)
+        actor_lr = actor_step_size(cfg, it)
+        agent.set_actor_lr(actor_lr)
         ac = train_agent(cfg, model, agent, cache, rng)
         seeds = cfg["seed_episodes"] + it * cfg["episodes_per_iter"] + np.arange(cfg["episodes_per_iter"])
         eps = collect(env_kwargs, ModelPolicy(model, agent, device, cfg["bf16"], "sample"), seeds, model, device,
                       cfg["bf16"])
         replay.add(eps)
-        row = {"iteration": it + 1, **wm, **lat, **ac, "actor_lr": actor_step_size(cfg, it),
+        row = {"iteration": it + 1, **wm, **lat, **ac, "actor_lr": actor_lr,
                "imag_reward": ac["imag_return"] / cfg["horizon"],
                "real_reward": float(eps["rewards"][:, 1:].mean()), "real_return": float(eps["return"].mean()),
                "wall_s": wall + time.time() - t0}
