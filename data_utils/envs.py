@@ -37,6 +37,10 @@ Observations: uint8 (size, size) for the single environment (gymnasium's env che
 Drawn with data_utils/render.py: the target as a dim cross (intensity 110), the ball as a disc of
 radius 4 at 255 on top (overlaps composite by max, so the ball covers the target).
 
+Start states: reset(seed, start="random") (Gymnasium: reset(seed=, options={"start": ...})) is
+the task, from anywhere; start="near_target" puts the ball at rest within NEAR_TARGET_RADIUS of
+the target, exploring starts for collecting training data only (see STARTS).
+
 Seeds: PushBallBatch.reset(seed) gives environment i its own generator
 np.random.default_rng(seed + i) (or seed[i] for a sequence of seeds), so environment i of a batch
 reset with seed s is exactly PushBallEnv().reset(seed=s + i), whatever the batch size.
@@ -72,6 +76,15 @@ REF_KD = 1.7              # frame/px (action per px/frame of velocity)
 # Candidate targets drawn per environment at reset; the first one far enough from the ball is
 # taken (rejection sampling with a fixed number of draws, so everything stays vectorised).
 _TARGET_TRIES = 16
+
+# Start states (reset's `start`): "random" (the task: anywhere, moving, at least
+# min_target_distance from the target; every evaluation uses it) or "near_target" (exploring
+# starts for collecting training data: at rest, at a distance uniform in [0, NEAR_TARGET_RADIUS]
+# px from the target in a uniform direction, kept inside the walls). Random actions from a
+# random start almost never leave the ball resting on the target, so a model learnt from them
+# has never seen the state the task ends in (docs/experiments.md, 2026-12-07).
+STARTS = ("random", "near_target")
+NEAR_TARGET_RADIUS = 6.0  # px
 
 
 @dataclass
@@ -113,9 +126,12 @@ class PushBallBatch:
         self.t = 0
 
     # --- API -------------------------------------------------------------------------------
-    def reset(self, seed=None):
+    def reset(self, seed=None, start: str = "random"):
         """seed: int s (environment i uses s + i), a sequence of n ints, or None (fresh
-        entropy; the drawn seeds are kept in self.seeds). Returns (obs (n, H, W) uint8, info)."""
+        entropy; the drawn seeds are kept in self.seeds); start: one of STARTS (the target is
+        the same for both). Returns (obs (n, H, W) uint8, info)."""
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS} (got {start!r})")
         if seed is None:
             seeds = np.random.default_rng().integers(0, 2**62, size=self.n)
         elif np.ndim(seed) == 0:
@@ -127,17 +143,22 @@ class PushBallBatch:
         self.seeds = seeds
         # the only per-environment loop: one generator each, a fixed block of uniforms each
         k = _TARGET_TRIES
-        u = np.stack([np.random.default_rng(int(s)).random(4 + 2 * k) for s in seeds])  # (n, 4+2k)
+        u = np.stack([np.random.default_rng(int(s)).random(6 + 2 * k) for s in seeds])  # (n, 6+2k)
         p = self.p
         self.pos = self.lo + (self.hi - self.lo) * u[:, 0:2]
         self.vel = p.init_speed * (2.0 * u[:, 2:4] - 1.0)
         t_lo, t_hi = -0.5 + p.target_margin, self.size - 0.5 - p.target_margin
-        cand = (t_lo + (t_hi - t_lo) * u[:, 4:]).reshape(self.n, k, 2)                  # (n, k, 2)
+        cand = (t_lo + (t_hi - t_lo) * u[:, 4:4 + 2 * k]).reshape(self.n, k, 2)         # (n, k, 2)
         ok = np.linalg.norm(cand - self.pos[:, None], axis=-1) >= p.min_target_distance  # (n, k)
         first = cand[np.arange(self.n), np.argmax(ok, axis=1)]
         # all k candidates too close (probability < 1e-8): the target box's farthest corner
         corner = np.where(self.pos < 0.5 * (t_lo + t_hi), t_hi, t_lo)
         self.target = np.where(ok.any(axis=1)[:, None], first, corner)
+        if start == "near_target":
+            angle, dist = 2.0 * np.pi * u[:, -2], NEAR_TARGET_RADIUS * u[:, -1]                  # (n,) each
+            offset = dist[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)           # (n, 2) px
+            self.pos = np.clip(self.target + offset, self.lo, self.hi)
+            self.vel = np.zeros_like(self.vel)
         self.t = 0
         return self._observe(), self._info()
 
@@ -214,9 +235,14 @@ class PushBallEnv(gymnasium.Env):
         self._frame = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """options: {"start": one of STARTS} (default "random")."""
         super().reset(seed=seed)
+        options = dict(options or {})
+        start = options.pop("start", "random")
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; the only one is 'start'")
         episode_seed = seed if seed is not None else int(self.np_random.integers(0, 2**62))
-        obs, info = self.batch.reset(episode_seed)
+        obs, info = self.batch.reset(episode_seed, start)
         self._frame = obs[0]
         return obs[0], _first(info)
 
@@ -252,15 +278,16 @@ def reference_policy(info: dict, kp: float = REF_KP, kd: float = REF_KD) -> np.n
     return np.clip(kp * (info["target"] - info["pos"]) - kd * info["vel"], -1.0, 1.0)
 
 
-def evaluate_policy(env: PushBallBatch, act_fn, seed: int = 0, record: bool = False) -> dict:
-    """Run one full episode in each of the batch's n environments (seeds seed .. seed + n - 1).
+def evaluate_policy(env: PushBallBatch, act_fn, seed: int = 0, record: bool = False, start: str = "random") -> dict:
+    """Run one full episode in each of the batch's n environments (seeds seed .. seed + n - 1)
+    from reset's `start` states.
 
     act_fn(obs (n, H, W) uint8, info) -> (n, 2) actions, so a learned agent plugs in the same
     way as the reference. Returns per-episode arrays: "return" (n,) (sum of the step rewards),
     "final_distance" (n,) px, "success" (n,) bool, "seeds" (n,); with record=True also
     "frames" (n, T+1, H, W) uint8, "pos" and "vel" (n, T+1, 2), "reward" (n, T+1) (frame 0's
     reward included; the return sums frames 1..T), "actions" (n, T, 2), "target" (n, 2)."""
-    obs, info = env.reset(seed)
+    obs, info = env.reset(seed, start)
     ret = np.zeros(env.n)
     rec = {"frames": [obs], "pos": [info["pos"]], "vel": [info["vel"]], "reward": [info["reward"]], "actions": []}
     truncated = np.zeros(env.n, dtype=bool)
@@ -300,22 +327,27 @@ def random_act_fn(seed: int):
     return lambda obs, info: random_policy(rng, len(obs))
 
 
-def held_random_act_fn(seed: int, mean_hold: float = 8.0):
+def held_random_act_fn(seed: int, mean_hold: float = 8.0, p_zero: float = 0.0):
     """An act_fn for exploration: uniform actions, each held for a geometric number of
     frames (mean `mean_hold`; each environment redraws with probability 1 / mean_hold
     per frame). Independent actions every frame average out: the ball's speed stays near
     0.6 px/frame, far below the 3.3 px/frame a purposeful push reaches, so a world model
     trained on them never sees a fast ball or a bounce. Temporally correlated noise
-    covers the reachable speeds (Eberhard et al. 2023, "Pink noise is all you need")."""
+    covers the reachable speeds (Eberhard et al. 2023, "Pink noise is all you need").
+    p_zero: each draw is the zero action (the ball coasts, or rests) with this probability."""
     rng = np.random.default_rng(seed)
     held = None
+
+    def draw(n):
+        a = random_policy(rng, n)
+        return np.where((rng.random(n) < p_zero)[:, None], 0.0, a) if p_zero > 0 else a
 
     def act(obs, info):
         nonlocal held
         if info["step"] == 0 or held is None:
-            held = random_policy(rng, len(obs))
+            held = draw(len(obs))
         redraw = rng.random(len(obs)) < 1.0 / mean_hold
-        held = np.where(redraw[:, None], random_policy(rng, len(obs)), held)
+        held = np.where(redraw[:, None], draw(len(obs)), held)
         return held.copy()
     return act
 

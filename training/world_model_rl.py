@@ -58,6 +58,7 @@ CONFIG = dict(
     episode_steps=50,          # PushBall steps per episode (fixed length)
     seed_episodes=64,          # random-action episodes before the first iteration
     explore_hold=8.0,          # seed episodes hold each random action this many frames on average (envs.held_random_act_fn)
+    near_target_episodes=32,   # more seed episodes, from exploring starts: at rest near the target (NEAR_SEED); 0 = none
     episodes_per_iter=8,       # episodes collected with the policy each iteration
     test_episodes=32,          # held-out episodes (half random, half reference) for the reward error
     # --- world model (training/world_model.py ModelConfig) -------------------------------
@@ -101,9 +102,17 @@ CONFIG = dict(
     seeds="",                  # --eval_only: A-B (inclusive); default 1000000..+eval_episodes-1
     json_path="",              # default results/<run>/eval.json (--eval_only: eval.json beside the checkpoint)
 )
-# Seeds never overlap: training episodes count up from 0, held-out episodes from TEST_SEED,
-# the final evaluation from EVAL_SEED.
-TEST_SEED, EVAL_SEED = 500_000, 1_000_000
+# Seeds never overlap: training episodes count up from 0, the near-target seed episodes from
+# NEAR_SEED, held-out episodes from TEST_SEED, the final evaluation from EVAL_SEED.
+NEAR_SEED, TEST_SEED, EVAL_SEED = 300_000, 500_000, 1_000_000
+# Exploring starts (Sutton & Barto 2018, sec. 5.3; starting near the goal as in Florensa et al.
+# 2017, "Reverse curriculum generation"): random actions from a random start almost never leave
+# the ball resting on the target, so the latent prior learnt from them cannot imagine stopping
+# there and the actor never learns to brake (docs/experiments.md, 2026-12-07). The
+# `near_target_episodes` start at rest within envs.NEAR_TARGET_RADIUS of the target and hold
+# random actions of which this fraction are zero (the ball coasts or stays at rest). Only the
+# training data start there: every evaluation uses the task's random starts.
+NEAR_TARGET_P_ZERO = 0.5
 
 
 # ----------------------------------------------------------------------------------------
@@ -196,11 +205,13 @@ class ModelPolicy:
         return self.last.cpu().numpy()
 
 
-def collect(env_kwargs: dict, act_fn, seeds: np.ndarray, model, device, bf16: bool, codes: bool = True) -> dict:
-    """Run one episode per seed; returns the replay's arrays plus 'pos', 'target', 'return'
-    (codes only with `codes`: the seed episodes come before the tokenizer)."""
+def collect(env_kwargs: dict, act_fn, seeds: np.ndarray, model, device, bf16: bool, codes: bool = True,
+            start: str = "random") -> dict:
+    """Run one episode per seed from reset's `start` states; returns the replay's arrays plus
+    'pos', 'target', 'return' (codes only with `codes`: the seed episodes come before the
+    tokenizer)."""
     env = envs.PushBallBatch(len(seeds), **env_kwargs)
-    rec = envs.evaluate_policy(env, act_fn, seed=seeds, record=True)
+    rec = envs.evaluate_policy(env, act_fn, seed=seeds, record=True, start=start)
     actions = np.concatenate([rec["actions"], np.zeros_like(rec["actions"][:, :1])], 1).astype(np.float32)
     return {"frames": rec["frames"], "codes": encode_episodes(model, rec["frames"], device, bf16) if codes else None,
             "actions": actions, "rewards": rec["reward"].astype(np.float32), "pos": rec["pos"],
@@ -650,7 +661,7 @@ def main():
                          f"(got {cfg['max_std']})")
     if cfg["final_actor_lr"] <= 0:
         raise SystemExit(f"error: --final_actor_lr must be positive (got {cfg['final_actor_lr']})")
-    for key in ("final_prior_steps", "final_ac_steps"):
+    for key in ("final_prior_steps", "final_ac_steps", "near_target_episodes"):
         if cfg[key] < 0:
             raise SystemExit(f"error: --{key} must be at least 0 (got {cfg[key]})")
     if cfg["episode_steps"] < 2:
@@ -721,6 +732,12 @@ def main():
         seeds = np.arange(cfg["seed_episodes"])
         seed_eps = collect(env_kwargs, envs.held_random_act_fn(cfg["seed"], cfg["explore_hold"]), seeds, model,
                            device, cfg["bf16"], False)
+        if cfg["near_target_episodes"]:
+            near = collect(env_kwargs, envs.held_random_act_fn(NEAR_SEED + cfg["seed"], cfg["explore_hold"],
+                                                               NEAR_TARGET_P_ZERO),
+                           NEAR_SEED + np.arange(cfg["near_target_episodes"]), model, device, cfg["bf16"], False,
+                           start="near_target")
+            seed_eps = {k: v if v is None else np.concatenate([v, near[k]]) for k, v in seed_eps.items()}
         tok = train_tokenizer(cfg, model, seed_eps["frames"], device, rng)
         print(f"tokenizer: PSNR {tok['psnr']:.1f} dB, perplexity {tok['perplexity']:.0f}")
         seed_eps["codes"] = encode_episodes(model, seed_eps["frames"], device, cfg["bf16"])
