@@ -115,6 +115,28 @@ def test_reset_distribution():
     assert pos.min() < b.lo + 1 and pos.max() > b.hi - 1
 
 
+def test_near_target_start_is_at_rest_near_the_same_target():
+    b = envs.PushBallBatch(2000)
+    _, far = b.reset(123)
+    _, near = b.reset(123, start="near_target")
+    assert np.array_equal(near["target"], far["target"])          # the same task, another start
+    assert np.all(near["vel"] == 0.0)
+    assert np.all(near["distance"] <= envs.NEAR_TARGET_RADIUS + 1e-9)
+    assert np.all((near["pos"] >= b.lo) & (near["pos"] <= b.hi))
+    # spread over the disc, not one point: distances fill [0, radius], directions all round
+    assert near["distance"].min() < 0.5 and near["distance"].max() > envs.NEAR_TARGET_RADIUS - 0.5
+    d = near["pos"] - near["target"]
+    assert np.all(np.histogram(np.arctan2(d[:, 1], d[:, 0]), bins=8)[0] > 150)
+    # a near-target episode of a single environment is the batch's, through Gymnasium's options
+    env = gymnasium.make(envs.ENV_ID).unwrapped
+    _, info = env.reset(seed=130, options={"start": "near_target"})
+    assert np.array_equal(info["pos"], near["pos"][7])
+    with pytest.raises(ValueError, match="start must be one of"):
+        b.reset(0, start="close")
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(seed=0, options={"begin": "near_target"})
+
+
 # --- physics -----------------------------------------------------------------------------------
 def _coast(batch, pos, vel, frames):
     """Set the state, step with zero force; returns pos, vel of every frame (n, frames+1, 2)."""
@@ -192,6 +214,16 @@ def test_evaluate_policy_records():
     assert out["pos"].shape == (3, 11, 2) and out["actions"].shape == (3, 10, 2)
     assert np.allclose(out["return"], out["reward"][:, 1:].sum(1, dtype=np.float64))
     assert list(out["seeds"]) == [4, 5, 6]
+
+
+def test_held_random_actions_coast_with_p_zero():
+    b = envs.PushBallBatch(400)
+    plain = envs.evaluate_policy(b, envs.held_random_act_fn(3), seed=0, record=True)["actions"]
+    coast = envs.evaluate_policy(b, envs.held_random_act_fn(3, p_zero=0.5), seed=0, record=True)["actions"]
+    zero = lambda a: np.mean(np.all(a == 0.0, axis=-1))   # noqa: E731
+    assert zero(plain) == 0.0 and 0.4 < zero(coast) < 0.6
+    # held: an action is repeated for about mean_hold = 8 frames (redrawn with probability 1/8)
+    assert 0.8 < np.mean(np.all(plain[:, 1:] == plain[:, :-1], axis=-1)) < 0.95
 
 
 # --- rendering ---------------------------------------------------------------------------------

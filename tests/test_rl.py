@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.scripts import checkpoint_where, kill_when, run
+from data_utils import envs
 from training import world_model_rl
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
@@ -16,7 +17,7 @@ TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--laye
         "--tok_steps=4", "--tok_batch=8", "--wm_pretrain=2", "--wm_steps=2", "--wm_batch=2", "--wm_window=6",
         "--ac_steps=2", "--imag_batch=4", "--horizon=3", "--iterations=3", "--eval_episodes=2",
         "--latent_pretrain=2", "--latent_steps=2", "--latent_batch=2", "--cache_episodes=3",
-        "--final_prior_steps=2", "--final_batch=2", "--final_ac_steps=2"]
+        "--final_prior_steps=2", "--final_batch=2", "--final_ac_steps=2", "--near_target_episodes=2"]
 
 
 def rl(out_root, name, *extra, check=True):
@@ -59,6 +60,11 @@ def test_loop_writes_its_outputs(full):
     assert cfg["final_actor_lr"] < cfg["actor_lr"]
     assert ckpt["agent"]["config"]["max_std"] == pytest.approx(cfg["max_std"])
     assert ev["train_wall_s"] == pytest.approx(ckpt["final"]["wall_s"])
+    # the seed episodes: 4 from random starts (at least 16 px from the target), then 2 exploring
+    # starts within NEAR_TARGET_RADIUS of it (frame 0's reward is -distance / diagonal)
+    with np.load(full / "checkpoints" / "full" / "replay_0.npz") as z:
+        r0 = z["rewards"][:, 0] * 64 * np.sqrt(2)                    # -distance at frame 0, px
+    assert len(r0) == 6 and np.all(r0[:4] <= -16) and np.all(r0[4:] >= -envs.NEAR_TARGET_RADIUS - 1e-3)
     assert np.load(res / "test_episodes.npy").shape == (2, 11, 64, 64)
     assert np.load(res / "test_episodes_actions.npy").shape == (2, 11, 2)
 
