@@ -7,8 +7,9 @@ the world model's imagination, and be judged in the real environment.
         --seeds=1000000-1000029 --json_path=results/rl/eval.json
     python training/world_model_rl.py --help                    # list every setting
 
-The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions, train
-the VQ-VAE tokenizer on their frames (then frozen: the scene's look does not change) and
+The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions (from
+the task's random starts, and `near_target_episodes` exploring starts at rest near the
+target: see NEAR_TARGET_P_ZERO), train the VQ-VAE tokenizer on their frames (then frozen: the scene's look does not change) and
 record held-out episodes; then every iteration (1) train the action-conditioned
 SharpWorldModelV2 (its `predict` unit) on windows of the replay: its frame predictions are
 what shapes the compact state; (2) the latent phase: the compact states of real frames
