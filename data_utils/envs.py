@@ -38,7 +38,7 @@ Drawn with data_utils/render.py: the target as a dim cross (intensity 110), the 
 radius 4 at 255 on top (overlaps composite by max, so the ball covers the target).
 
 Start states: reset(seed, start="random") (Gymnasium: reset(seed=, options={"start": ...})) is
-the task, from anywhere; start="near_target" puts the ball at rest within NEAR_TARGET_RADIUS of
+the task: anywhere, at least min_target_distance from the target; start="near_target" puts the ball at rest within NEAR_TARGET_RADIUS of
 the target, exploring starts for collecting training data only (see STARTS).
 
 Seeds: PushBallBatch.reset(seed) gives environment i its own generator
@@ -80,7 +80,7 @@ _TARGET_TRIES = 16
 # Start states (reset's `start`): "random" (the task: anywhere, moving, at least
 # min_target_distance from the target; every evaluation uses it) or "near_target" (exploring
 # starts for collecting training data: at rest, at a distance uniform in [0, NEAR_TARGET_RADIUS]
-# px from the target in a uniform direction, kept inside the walls). Random actions from a
+# px from the target in a uniform direction, clipped to the walls). Random actions from a
 # random start almost never leave the ball resting on the target, so a model learnt from them
 # has never seen the state the task ends in (docs/experiments.md, 2026-12-07).
 STARTS = ("random", "near_target")
@@ -141,7 +141,10 @@ class PushBallBatch:
             if seeds.shape != (self.n,):
                 raise ValueError(f"{len(seeds)} seeds for {self.n} environments")
         self.seeds = seeds
-        # the only per-environment loop: one generator each, a fixed block of uniforms each
+        # the only per-environment loop: one generator each, a fixed block of uniforms each:
+        # u[:, 0:2] position, 2:4 velocity, 4:4+2k target candidates, then the near-target
+        # start's direction and distance, drawn for every start so that a random start stays
+        # the same episode it was before near-target starts existed
         k = _TARGET_TRIES
         u = np.stack([np.random.default_rng(int(s)).random(6 + 2 * k) for s in seeds])  # (n, 6+2k)
         p = self.p
@@ -236,11 +239,11 @@ class PushBallEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """options: {"start": one of STARTS} (default "random")."""
-        super().reset(seed=seed)
         options = dict(options or {})
         start = options.pop("start", "random")
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; the only one is 'start'")
+        super().reset(seed=seed)
         episode_seed = seed if seed is not None else int(self.np_random.integers(0, 2**62))
         obs, info = self.batch.reset(episode_seed, start)
         self._frame = obs[0]
@@ -335,6 +338,8 @@ def held_random_act_fn(seed: int, mean_hold: float = 8.0, p_zero: float = 0.0):
     trained on them never sees a fast ball or a bounce. Temporally correlated noise
     covers the reachable speeds (Eberhard et al. 2023, "Pink noise is all you need").
     p_zero: each draw is the zero action (the ball coasts, or rests) with this probability."""
+    if not 0.0 <= p_zero <= 1.0:
+        raise ValueError(f"p_zero is a probability in [0, 1] (got {p_zero})")
     rng = np.random.default_rng(seed)
     held = None
 

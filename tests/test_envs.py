@@ -115,6 +115,21 @@ def test_reset_distribution():
     assert pos.min() < b.lo + 1 and pos.max() > b.hi - 1
 
 
+def test_random_start_reads_the_first_uniforms_of_the_seed():
+    # the layout of reset's draws (position, velocity, target candidates) is fixed, so a seed
+    # names the same episode across versions: adding draws for other starts must not move these
+    b = envs.PushBallBatch(5)
+    _, info = b.reset(77)
+    for i in range(5):
+        u = np.random.default_rng(77 + i).random(6)
+        assert np.array_equal(info["pos"][i], b.lo + (b.hi - b.lo) * u[0:2])
+        assert np.array_equal(info["vel"][i], b.p.init_speed * (2.0 * u[2:4] - 1.0))
+    t_lo, t_hi = -0.5 + b.p.target_margin, S - 0.5 - b.p.target_margin
+    first = t_lo + (t_hi - t_lo) * np.random.default_rng(77).random(6)[4:6]
+    if np.linalg.norm(first - info["pos"][0]) >= b.p.min_target_distance:   # the first candidate is taken
+        assert np.array_equal(info["target"][0], first)
+
+
 def test_near_target_start_is_at_rest_near_the_same_target():
     b = envs.PushBallBatch(2000)
     _, far = b.reset(123)
@@ -126,7 +141,11 @@ def test_near_target_start_is_at_rest_near_the_same_target():
     # spread over the disc, not one point: distances fill [0, radius], directions all round
     assert near["distance"].min() < 0.5 and near["distance"].max() > envs.NEAR_TARGET_RADIUS - 0.5
     d = near["pos"] - near["target"]
-    assert np.all(np.histogram(np.arctan2(d[:, 1], d[:, 0]), bins=8)[0] > 150)
+    angle = np.arctan2(d[:, 1], d[:, 0])
+    assert np.all(np.histogram(angle, bins=8)[0] > 150)
+    # drawn independently of the target (not from its candidates' uniforms)
+    for x in (near["target"][:, 0], near["target"][:, 1], far["pos"][:, 0]):
+        assert abs(np.corrcoef(np.cos(angle), x)[0, 1]) < 0.1 and abs(np.corrcoef(near["distance"], x)[0, 1]) < 0.1
     # a near-target episode of a single environment is the batch's, through Gymnasium's options
     env = gymnasium.make(envs.ENV_ID).unwrapped
     _, info = env.reset(seed=130, options={"start": "near_target"})
@@ -222,8 +241,12 @@ def test_held_random_actions_coast_with_p_zero():
     coast = envs.evaluate_policy(b, envs.held_random_act_fn(3, p_zero=0.5), seed=0, record=True)["actions"]
     zero = lambda a: np.mean(np.all(a == 0.0, axis=-1))   # noqa: E731
     assert zero(plain) == 0.0 and 0.4 < zero(coast) < 0.6
-    # held: an action is repeated for about mean_hold = 8 frames (redrawn with probability 1/8)
-    assert 0.8 < np.mean(np.all(plain[:, 1:] == plain[:, :-1], axis=-1)) < 0.95
+    # held, zeros too: an action is repeated for about mean_hold = 8 frames (redrawn with
+    # probability 1/8, which keeps the held action 1/8 of those times when it draws zero again)
+    repeats = lambda a: np.mean(np.all(a[:, 1:] == a[:, :-1], axis=-1))   # noqa: E731
+    assert 0.8 < repeats(plain) < 0.95 and 0.8 < repeats(coast) < 0.95
+    with pytest.raises(ValueError, match="p_zero"):
+        envs.held_random_act_fn(0, p_zero=1.5)
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -7,22 +7,22 @@ the world model's imagination, and be judged in the real environment.
         --seeds=1000000-1000029 --json_path=results/rl/eval.json
     python training/world_model_rl.py --help                    # list every setting
 
-The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions (from
-the task's random starts, and `near_target_episodes` exploring starts at rest near the
-target: see NEAR_TARGET_P_ZERO), train the VQ-VAE tokenizer on their frames (then frozen: the scene's look does not change) and
-record held-out episodes; then every iteration (1) train the action-conditioned
-SharpWorldModelV2 (its `predict` unit) on windows of the replay: its frame predictions are
-what shapes the compact state; (2) the latent phase: the compact states of real frames
-are computed once (no gradient) and cached, and the reward head and the latent prior
-(the compact state's own transition, `LatentPrior`) learn on windows of them, many steps
-for the price of a few frame predictions; (3) train the actor and critic
-(training/agent.py) on `horizon`-step rollouts imagined by the latent prior from cached
-real states: no frame is drawn while imagining, as in Dreamer; (4) collect new episodes
-in the real environment (data_utils/envs.py) with the sampled policy; (5) after the last
-iteration, with the world model frozen, the latent prior and then the actor and critic
-learn once more on the states of the whole replay (`consolidate`). At the end the greedy
-policy is evaluated on seeds never used in training, beside the random policy and the
-reference controller that sees the true state.
+The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions (from the
+task's random starts, and `near_target_episodes` exploring starts at rest near the target:
+see NEAR_TARGET_P_ZERO), train the VQ-VAE tokenizer on their frames (then frozen: the
+scene's look does not change) and record held-out episodes; then every iteration (1) train
+the action-conditioned SharpWorldModelV2 (its `predict` unit) on windows of the replay: its
+frame predictions are what shapes the compact state; (2) the latent phase: the compact
+states of real frames are computed once (no gradient) and cached, and the reward head and
+the latent prior (the compact state's own transition, `LatentPrior`) learn on windows of
+them, many steps for the price of a few frame predictions; (3) train the actor and critic
+(training/agent.py) on `horizon`-step rollouts imagined by the latent prior from cached real
+states: no frame is drawn while imagining, as in Dreamer; (4) collect new episodes in the
+real environment (data_utils/envs.py) with the sampled policy; (5) after the last iteration,
+with the world model frozen, the latent prior and then the actor and critic learn once more
+on the states of the whole replay (`consolidate`). At the end the greedy policy is evaluated
+on seeds never used in training, beside the random policy and the reference controller that
+sees the true state.
 
 Writes checkpoints/<run>/latest.pt (config, model, optimisers, agent, history) with the
 replay beside it (replay_<k>.npz, one file per collection), and results/<run>/:
@@ -59,7 +59,7 @@ CONFIG = dict(
     episode_steps=50,          # PushBall steps per episode (fixed length)
     seed_episodes=64,          # random-action episodes before the first iteration
     explore_hold=8.0,          # seed episodes hold each random action this many frames on average (envs.held_random_act_fn)
-    near_target_episodes=32,   # more seed episodes, from exploring starts: at rest near the target (NEAR_SEED); 0 = none
+    near_target_episodes=32,   # more seed episodes, from exploring starts at rest near the target (see NEAR_TARGET_P_ZERO); 0 = none
     episodes_per_iter=8,       # episodes collected with the policy each iteration
     test_episodes=32,          # held-out episodes (half random, half reference) for the reward error
     # --- world model (training/world_model.py ModelConfig) -------------------------------
