@@ -38,8 +38,9 @@ Drawn with data_utils/render.py: the target as a dim cross (intensity 110), the 
 radius 4 at 255 on top (overlaps composite by max, so the ball covers the target).
 
 Start states: reset(seed, start="random") (Gymnasium: reset(seed=, options={"start": ...})) is
-the task: anywhere, at least min_target_distance from the target; start="near_target" puts the ball at rest within NEAR_TARGET_RADIUS of
-the target, exploring starts for collecting training data only (see STARTS).
+the task: anywhere, at least min_target_distance from the target; start="near_target" puts the
+ball at rest within NEAR_TARGET_RADIUS of the target, exploring starts for collecting training
+data only (see STARTS).
 
 Seeds: PushBallBatch.reset(seed) gives environment i its own generator
 np.random.default_rng(seed + i) (or seed[i] for a sequence of seeds), so environment i of a batch
