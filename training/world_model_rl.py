@@ -97,7 +97,7 @@ CONFIG = dict(
     final_ac_steps=250,        # then actor-critic updates in that prior
     final_actor_lr=1e-4,       # the actor's step size at the end of the loop and in the consolidation
     # --- evaluation ----------------------------------------------------------------------
-    eval_episodes=200,         # unseen seeds per policy (30 gave success rates off by up to 0.13: docs/experiments.md, 2026-12-07)
+    eval_episodes=200,         # unseen seeds per policy (30 gave success rates off by up to 0.22: docs/experiments.md, 2026-12-07)
     eval_only=False,           # evaluate --checkpoint on --seeds, no training
     checkpoint="",             # --eval_only: the agent to evaluate
     seeds="",                  # --eval_only: A-B (inclusive); default 1000000..+eval_episodes-1
