@@ -107,12 +107,11 @@ CONFIG = dict(
 # NEAR_SEED, held-out episodes from TEST_SEED, the final evaluation from EVAL_SEED.
 NEAR_SEED, TEST_SEED, EVAL_SEED = 300_000, 500_000, 1_000_000
 # Exploring starts (Sutton & Barto 2018, sec. 5.3; starting near the goal as in Florensa et al.
-# 2017, "Reverse curriculum generation"): random actions from a random start almost never leave
-# the ball resting on the target, so the latent prior learnt from them cannot imagine stopping
-# there and the actor never learns to brake (docs/experiments.md, 2026-12-07). The
-# `near_target_episodes` start at rest within envs.NEAR_TARGET_RADIUS of the target and hold
-# random actions of which this fraction are zero (the ball coasts or stays at rest). Only the
-# training data start there: every evaluation uses the task's random starts.
+# 2017, "Reverse curriculum generation"; why: envs.STARTS): without them the latent prior cannot
+# imagine the ball stopping on the target and the actor never learns to brake (docs/experiments.md,
+# 2026-12-07). The `near_target_episodes` start at rest within envs.NEAR_TARGET_RADIUS of the
+# target and hold random actions of which this fraction are zero (the ball coasts or stays at
+# rest). Only the training data start there: every evaluation uses the task's random starts.
 NEAR_TARGET_P_ZERO = 0.5
 
 
