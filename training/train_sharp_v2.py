@@ -123,9 +123,9 @@ def plot_results(cfg, history, result, examples, out_dir):
 
 def resolve_predict(predict: str, dataset: str) -> str:
     """predict="auto": rigid layers on Moving MNIST (two large digits that overlap), the
-    displacement field elsewhere. Measured (README): on Moving MNIST the default run with
-    layers has a mean MSE of 151.1 against 255.3 with the displacement field; on bouncing
-    balls the cut into layers is poor (small, slow bodies; 15 against 5.5 at step 1)."""
+    displacement field elsewhere: on Moving MNIST the layers score far lower MSE, and on
+    bouncing balls the cut into layers is poor (small, slow bodies); the measured comparisons
+    are in docs/experiments.md."""
     if predict != "auto":
         return predict
     return "layers" if dataset == "moving_mnist" else "motion"

@@ -4,7 +4,7 @@ the world model's imagination, and be judged in the real environment.
     python training/world_model_rl.py                           # CPU-sized defaults
     python training/world_model_rl.py --resume                  # carry on after a kill
     python training/world_model_rl.py --eval_only --checkpoint=checkpoints/rl/latest.pt \\
-        --seeds=1000000-1000029 --json_path=results/rl/eval.json
+        --seeds=2000000-2000199 --json_path=results/rl/eval_further.json
     python training/world_model_rl.py --help                    # list every setting
 
 The loop (Hafner et al. 2020/2023): (0) collect seed episodes with random actions (from the
