@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from training.motion import compose, correlation, read, warp
-from training.world_model import ACTION_UNITS, ConvGRUCell, ModelConfig, SharpWorldModelV2, VectorQuantizer, tokenizer_loss
+from training.world_model import (ACTION_UNITS, PRIOR_KEYPOINT_WEIGHT, ConvGRUCell, ModelConfig, SharpWorldModelV2,
+                                  VectorQuantizer, tokenizer_loss)
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1)
 
@@ -316,3 +317,22 @@ def test_latent_prior_learns_inertia_and_a_push_open_loop_and_not_the_reward_hea
         for _ in range(3):
             prev, cur = cur, model.prior_step(prev, cur, torch.tensor([[1.0, 0.0]]))
     assert cur[0, 0] > 0.2 and abs(cur[0, 1]) < 0.1
+
+
+def test_prior_loss_counts_keypoint_errors_in_token_widths():
+    """The same error costs PRIOR_KEYPOINT_WEIGHT times more on a keypoint coordinate (the
+    last 2 * KEYPOINTS features) than on a pooled feature: the untrained prior predicts no
+    motion, so a latent that moves by d in one feature costs d^2 * weight / F per step."""
+    torch.manual_seed(0)
+    model = agent_model()
+    F_ = model.dynamics.latent_dim
+    a, r = torch.zeros(4, 5, 2), torch.zeros(4, 5)
+
+    def moved(feature):
+        z = torch.zeros(4, 5, F_)
+        z[:, 2:, feature] = 0.1          # states 0, 1 at rest, then a jump the prior does not foresee
+        return model.prior_loss(z, a, r, reward_weight=0.0)[0].item()
+
+    pooled, keypoint = moved(0), moved(F_ - 1)
+    assert pooled == pytest.approx(0.01 / F_, rel=1e-5)
+    assert keypoint / pooled == pytest.approx(PRIOR_KEYPOINT_WEIGHT, rel=1e-5)

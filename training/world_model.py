@@ -60,6 +60,7 @@ KEYPOINT_SHARPNESS = 10.0   # keypoint maps are scaled by this before their soft
 REWARD_UNITS = 128    # hidden units of the reward head
 PRIOR_UNITS = 512     # hidden units of the latent prior (reward-head models only)
 PRIOR_REWARD_WEIGHT = 10.0   # the reward's weight in the prior's loss
+PRIOR_KEYPOINT_WEIGHT = 64.0  # each keypoint coordinate's weight in the prior's latent MSE (`prior_loss`)
 
 UNITS = {"motion": MotionField, "particles": Particles, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
@@ -538,9 +539,14 @@ class SharpWorldModelV2(nn.Module):
         frames (constants here: the prior learns to follow them, not to move them), actions
         (B, L >= 3, A), rewards (B, L). Open loop after the first two states, as imagination runs:
             z^_{k+1} = prior(z^_{k-1}, z^_k, a_k),  z^_0 = z_0, z^_1 = z_1,  k = 1 .. L-2
-        loss = mean_k |z^_{k+1} - z_{k+1}|^2 + reward_weight (r(z^_{k+1}) - r_{k+1})^2, the
-        reward term reaching only the prior (the reward head learns on the states the frames
-        give, in the latent phase and in the frame-prediction steps). ->
+        loss = mean_k mean_f w_f (z^_{k+1} - z_{k+1})_f^2 + reward_weight (r(z^_{k+1}) - r_{k+1})^2,
+        the reward term reaching only the prior (the reward head learns on the states the frames
+        give, in the latent phase and in the frame-prediction steps). w_f is 1 for the pooled
+        features and PRIOR_KEYPOINT_WEIGHT = 8^2 for the keypoints' coordinates, i.e. their
+        error is counted in token widths (4 px) instead of half-frames ([-1, 1] spans 64 px).
+        Why: unweighted, the 32 keypoint coordinates are 6% of the 544 features and the prior
+        let a ball resting on the target drift 1.8 px in 15 steps, which the reward head reads
+        as 6 px (docs/experiments.md, 2026-12-07 fourth session). ->
         (loss, logs: 'prior' latent MSE, 'prior_rew' reward MSE, 'prior_kp' keypoint MSE)."""
         if latents.shape[1] < 3:
             raise ValueError(f"prior_loss needs windows of at least 3 states, got {latents.shape[1]}")
@@ -555,7 +561,9 @@ class SharpWorldModelV2(nn.Module):
             rew.append(F.mse_loss(head(cur).squeeze(1), rewards[:, k + 1].float()))
         lat = torch.stack(lat).mean(0)                  # (F,) per feature
         rew = torch.stack(rew).mean()
-        loss = lat.mean() + reward_weight * rew
+        weight = torch.ones_like(lat)
+        weight[-2 * KEYPOINTS:] = PRIOR_KEYPOINT_WEIGHT
+        loss = (lat * weight).mean() + reward_weight * rew
         kp = lat[-2 * KEYPOINTS:].mean().item()
         return loss, {"prior": lat.mean().item(), "prior_rew": rew.item(), "prior_kp": kp}
 
