@@ -544,9 +544,10 @@ class SharpWorldModelV2(nn.Module):
         give, in the latent phase and in the frame-prediction steps). w_f is 1 for the pooled
         features and PRIOR_KEYPOINT_WEIGHT = 8^2 for the keypoints' coordinates, i.e. their
         error is counted in token widths (4 px) instead of half-frames ([-1, 1] spans 64 px).
-        Why: unweighted, the 32 keypoint coordinates are 6% of the 544 features and the prior
-        let a ball resting on the target drift 1.8 px in 15 steps, which the reward head reads
-        as 6 px (docs/experiments.md, 2026-12-07 fourth session). ->
+        Why: unweighted, the 2 * KEYPOINTS coordinates are a small share of the latent_dim
+        features, and the prior let the keypoints of a ball resting on the target drift
+        until the reward head read it several px away, as far as where the agent hovered
+        (docs/experiments.md, 2026-12-07 fourth session). ->
         (loss, logs: 'prior' latent MSE, 'prior_rew' reward MSE, 'prior_kp' keypoint MSE)."""
         if latents.shape[1] < 3:
             raise ValueError(f"prior_loss needs windows of at least 3 states, got {latents.shape[1]}")
