@@ -11,6 +11,7 @@ import torch
 from tests.scripts import checkpoint_where, kill_when, run
 from data_utils import envs
 from training import world_model_rl
+from training.world_model import KEYPOINTS
 
 TINY = ["--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--units=32",
         "--episode_steps=10", "--seed_episodes=4", "--test_episodes=2", "--episodes_per_iter=2",
@@ -154,3 +155,22 @@ def test_clear_errors_in_process(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=message):
             world_model_rl.main()
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").rglob("*.pt"))
+
+
+def test_start_states_computed_once_equal_those_read_one_by_one():
+    """train_agent's start states (`all_cached_latents`, the whole cache at once, in chunks) are
+    the states `cached_latents` gives for the same episodes and frames."""
+    torch.manual_seed(0)
+    cfg = {**world_model_rl.CONFIG, "channels": 16, "code_dim": 8, "num_codes": 16, "hidden": 8, "layers": 1,
+           "units": 32}
+    model, _ = world_model_rl.build(cfg, torch.device("cpu"))
+    E, T, g = 5, 7, model.grid
+    cache = {"pooled": torch.randn(E, T, model.dynamics.latent_dim - 2 * KEYPOINTS), "rewards": torch.zeros(E, T),
+             "codes": torch.randint(0, 16, (E, T, g, g))}
+    z = world_model_rl.all_cached_latents(model, cache, chunk=2)          # chunks that do not divide E
+    assert z.shape == (E, T, model.dynamics.latent_dim)
+    ep, t = np.array([4, 0, 2, 4]), np.array([6, 0, 3, 1])
+    with torch.no_grad():
+        one_by_one = world_model_rl.cached_latents(model, cache, ep, t)
+    torch.testing.assert_close(z[ep, t], one_by_one)
+    assert not torch.equal(z[4, 6], z[4, 1])                             # and they are not all one state
