@@ -320,9 +320,8 @@ def cached_latents(model, cache: dict, ep, t) -> torch.Tensor:
 @torch.no_grad()
 def all_cached_latents(model, cache: dict, chunk: int = 64) -> torch.Tensor:
     """The compact states of every cached frame, (E, T, F), without a graph: what the actor and
-    critic start their imagination from while the keypoint maps stand still. Computed once
-    per phase instead of once per update (the keypoint convolutions were a tenth of an
-    update's time)."""
+    critic start their imagination from while the keypoint maps stand still, computed once
+    per phase so that no update recomputes the keypoint convolutions."""
     E, T = cache["rewards"].shape
     ep, t = np.meshgrid(np.arange(E), np.arange(T), indexing="ij")
     return torch.cat([cached_latents(model, cache, ep[i:i + chunk], t[i:i + chunk]) for i in range(0, E, chunk)])
@@ -419,8 +418,9 @@ def train_agent(cfg, model, agent, starts: torch.Tensor, rng) -> dict:
     imag_batch real states of `starts` (E, T, F) (`all_cached_latents`; frames t >= 1, with
     the state of frame t-1). With the pathwise gradient the imagination keeps its graph; the
     model's weights are frozen meanwhile (the actor's loss must not train it). Under bf16
-    autocast where `bf16` allows: the states stay float32 (the prior adds its bf16 step to a
-    float32 state), and the update costs about three quarters of float32's."""
+    autocast where `bf16` allows; the states stay float32 (the prior adds its bf16 step to a
+    float32 state) and the returns are computed from float32 rewards (`Agent.update`).
+    Timings: docs/experiments.md, 2026-12-07 fifth session."""
     logs = {}
     step = prior_step(model)
     E, T = starts.shape[:2]
