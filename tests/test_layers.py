@@ -4,7 +4,7 @@ that learns a wall bounce from tracked positions."""
 import pytest
 import torch
 
-from training.layers import composite, fit_velocity, observe_layers, shift, track
+from training.layers import composite, fit_velocity, observe_layers, segment, shift, track
 from training.world_model import SharpWorldModelV2
 
 TINY = dict(channels=16, code_dim=8, num_codes=32, hidden=16, layers=1, predict="layers")
@@ -53,6 +53,54 @@ def test_segmentation_separates_objects_by_motion_and_tracking_follows_them():
     P, score = track(x, L, 4, 5)                               # one frame on
     assert P[0, a.argmax(), 5].tolist() == [3, 0] and P[0, b.argmax(), 5].tolist() == [0, -2]
     assert score[0, :, 5].min() > 0.99
+
+
+def test_fit_velocity_reverses_when_the_bounce_is_on_the_last_frame():
+    """The newest displacement alone breaks the run (the folded one of a wall bounce):
+    the velocity is the run before's, reversed, not the folded displacement."""
+    t = torch.arange(9, dtype=torch.float32)
+    px = torch.cat([torch.round(0.2 + 3.2 * t[:8]), torch.tensor([24.0])])   # ..., 19, 22, 23 (folded +1)
+    py = torch.zeros(9)
+    v = fit_velocity(torch.stack([px, py], -1).long())
+    assert abs(v[0] + 3.2) < 0.1 and v[1] == 0
+
+
+def _overlapping_squares(T=8):
+    """Square A moves (+3, 0) px/frame, square B (-3, +1); they overlap in the last frame,
+    combined by their maximum as Moving MNIST draws digits. Returns the clip and each
+    square alone in the last frame."""
+    x = torch.zeros(1, T, 1, 64, 64)
+    for t in range(T):
+        a, b = torch.zeros(64, 64), torch.zeros(64, 64)
+        _square(a, 4 + 3 * t, 20, size=10)
+        _square(b, 46 - 3 * t, 16 + t, size=10)
+        b[16 + t:26 + t, 46 - 3 * t:56 - 3 * t] = b[16 + t:26 + t, 46 - 3 * t:56 - 3 * t].flip(1)  # its own texture
+        x[0, t, 0] = torch.maximum(a, b)
+    return x, a, b
+
+
+def test_cut_by_dominant_motions_and_templates_from_all_context_frames():
+    """The cut gives each square the pixels its own motion explains; where the squares
+    overlap in the last frame, the templates, read from the frames in which they stand
+    apart, are each whole square alone, and the velocities are each square's."""
+    x, a, b = _overlapping_squares()
+    assert (a > 0).logical_and(b > 0).sum() > 10                  # they overlap
+    cut = segment(x, 2)
+    assert torch.allclose(cut[0].sum(0), x[0, -1, 0])             # the cut partitions the last frame
+    L, v = observe_layers(x, 2)
+    ka = int((L[0] * a).sum((1, 2)).argmax())
+    assert torch.allclose(L[0, ka], a, atol=1e-6) and torch.allclose(L[0, 1 - ka], b, atol=1e-6)
+    assert torch.allclose(v[0, ka], torch.tensor([3.0, 0.0]), atol=0.05)
+    assert torch.allclose(v[0, 1 - ka], torch.tensor([-3.0, 1.0]), atol=0.05)
+
+
+def test_a_single_moving_object_leaves_the_other_layers_empty():
+    x = _two_squares()
+    x[:, :, :, 30:, :] = 0                                        # only square A is left
+    L, v = observe_layers(x[:, :5], objects=3)
+    filled = L[0].flatten(1).amax(1) > 0
+    assert filled.sum() == 1 and torch.allclose(L[0].sum(0), x[0, 4, 0])
+    assert (v[0, ~filled] == 0).all()
 
 
 def test_untrained_layer_model_moves_objects_at_their_velocity():

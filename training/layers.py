@@ -14,24 +14,23 @@ object's velocity changes (wall bounces), which the ConvGRU does per layer.
 
 Nothing here is learned and nothing here reads physical states: the layers come from
 the frames alone.
-  1. Per 4x4-pixel cell with ink, the displacement between the last two frames, read
-     as the peak of the normalised correlation (`motion.read`).
-  2. k-means (Lloyd 1982) on the displacements of the confident cells that hold ink,
-     k = `objects`, started from far-apart points: one cluster per object moving its own way.
-  3. Each ink pixel of the last frame joins the cluster with the most cells nearby.
-  4. Each layer is followed through the other frames by template matching (normalised
-     correlation of the layer with the frame, +-R px around its last position), which
+  1. The cut (`segment`): the whole-pixel displacement that explains the most ink of the
+     last frame from the frame before, then the one that explains most of the ink left,
+     one per layer (dominant motions, Wang and Adelson 1994); each ink pixel joins the
+     displacement that explains it best.
+  2. Each layer is followed back through the context by template matching (normalised
+     correlation of the layer with the frame, +-SEARCH_PX around its last position), which
      gives whole-pixel positions (Moving MNIST draws digits at rounded positions).
-  5. The velocity is the least-squares slope of those positions over the frames since
+  3. Each layer's template is a low quantile of the context frames moved back by those
+     positions (`templates`): ink of another body that the cut gave the wrong layer is
+     voted out by the frames in which the two stand apart.
+  4. The velocity is the least-squares slope of those positions over the frames since
      the last change of direction, per axis; that recovers the sub-pixel velocity that
      single frame pairs (off by +-1 px from rounding) cannot. Bounces are elastic, so
      where the direction turned within the context the speed also draws on the frames
      before the turn (`fit_velocity`).
-Measured on 128 Moving MNIST test clips (README, "Rigid layers"): with the bounces
-written in by hand (a throwaway check), a running per-cell velocity gave mean MSE 183,
-(5) 154, the true velocities 112; on the model of the first full run with layers, the
-ink-only votes of (2) and the speed kept through a turn of (5) took 182 to 151 (the
-shipped default, retrained with both, reached 144).
+How each step was chosen, with the error it removed: docs/experiments.md ("Rigid layers",
+2026-11-25; the dominant-motion cut and the templates from all context frames, 2026-12-07, sixth session).
 """
 from __future__ import annotations
 
@@ -40,9 +39,12 @@ import torch.nn.functional as F
 
 from training import motion
 
-SEARCH_PX = 6        # template search radius per frame (Moving MNIST moves <= 5 px/frame)
+SEARCH_PX = 6        # largest motion per frame looked for, px (Moving MNIST moves <= 5 px/frame)
 INK = 0.05           # pixels brighter than this belong to an object
-CONFIDENT = 0.5      # correlation peak a cell needs to vote in the clustering
+HYP_TAU = 0.15       # a displacement explains a pixel when its local residual is below this share of the energy
+HYP_WIN = 3          # ... the window of that residual, px
+TEMPLATE_QUANTILE = 0.2   # of a pixel over the aligned context frames (`templates`)
+MIN_PIXELS = 4       # a displacement explaining fewer new ink pixels than this makes no layer
 TURN_PX = 1.5        # a per-frame displacement this far from the recent mean starts a new segment
 
 
@@ -148,51 +150,70 @@ def fit_velocity(P: torch.Tensor) -> torch.Tensor:
     bounced = (before.any(-2) & (torch.sign(v_before) == -torch.sign(v_last))
                & (v_last.abs() > 0.5) & (v_before.abs() > 0.5))
     speed = (n_last * v_last.abs() + n_before * v_before.abs()) / (n_last + n_before)
-    return torch.where(bounced, torch.sign(v_last) * speed, v_last)
+    v = torch.where(bounced, torch.sign(v_last) * speed, v_last)
+    # The newest displacement alone breaks the run: the bounce is on the last frame, and
+    # that displacement is the folded one (neither the old nor the new velocity), so the
+    # new velocity is the old one reversed.
+    prev = _run(d, torch.full_like(first, n - 2))
+    v_prev = _slope(P, prev)
+    fold_now = (last.sum(-2) == 1) & (prev.sum(-2) >= 2) & (v_prev.abs() > 0.5)
+    return torch.where(fold_now, -v_prev, v)
 
 
-def _kmeans(v: torch.Tensor, w: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
-    """Weighted k-means per batch element. v (B, N, 2), w (B, N) >= 0 -> labels (B, N).
-    Started from far-apart points (the heaviest, then the farthest from those chosen)."""
-    B = v.shape[0]
-    b = torch.arange(B, device=v.device)
-    centres = [v[b, w.argmax(1)]]
-    for _ in range(k - 1):
-        dist = torch.stack([(v - c[:, None]).pow(2).sum(-1) for c in centres]).amin(0)
-        centres.append(v[b, (dist * (w > 0)).argmax(1)])
-    c = torch.stack(centres, 1)                                              # (B, k, 2)
-    for _ in range(iters):
-        labels = (v[:, :, None] - c[:, None]).pow(2).sum(-1).argmin(-1)      # (B, N)
-        onehot = F.one_hot(labels, k).float() * w[..., None]                  # (B, N, k)
-        mass = onehot.sum(1)                                                 # (B, k)
-        c = torch.where(mass[..., None] > 0, onehot.transpose(1, 2) @ v / mass.clamp_min(1e-6)[..., None], c)
-    return (v[:, :, None] - c[:, None]).pow(2).sum(-1).argmin(-1)
+def _explained(cur: torch.Tensor, prev: torch.Tensor, oy: int) -> torch.Tensor:
+    """How badly `prev` moved by each whole-pixel displacement (ox, oy), ox in
+    [-SEARCH_PX, SEARCH_PX], explains `cur`, per pixel: the residual over a HYP_WIN x HYP_WIN
+    window relative to the two frames' energy there, 0 = exactly, about 1 = not at all.
+    cur, prev (B, H, W) -> (B, 2R+1, H, W): one row of displacements."""
+    B, H, W = cur.shape
+    R = SEARCH_PX
+    p = F.pad(prev, (R, R, R, R))[:, R - oy:R - oy + H]                       # (B, H, W+2R) moved by oy
+    moved = torch.stack([p[:, :, R - ox:R - ox + W] for ox in range(-R, R + 1)], 1)   # (B, 2R+1, H, W)
+    box = lambda z: F.avg_pool2d(z, HYP_WIN, 1, HYP_WIN // 2)
+    return box((cur[:, None] - moved).pow(2)) / (box(cur[:, None].pow(2) + moved.pow(2)) + 1e-3)
 
 
-def segment(context: torch.Tensor, objects: int, radius: int = 5):
-    """Cut the last frame of `context` into `objects` layers by how its parts moved since
-    the frame before. context (B, T, 1, H, W), T >= 2 -> L (B, K, H, W): each ink pixel of
-    the last frame in exactly one layer (a layer may be empty)."""
+def segment(context: torch.Tensor, objects: int) -> torch.Tensor:
+    """Cut the last frame of `context` into `objects` layers by the motions that explain
+    it (dominant motions, as in Wang and Adelson's layered representation, 1994): the
+    whole-pixel displacement in [-SEARCH_PX, SEARCH_PX]^2 that explains the most ink of the
+    last frame from the frame before, then the one that explains the most of the ink left
+    unexplained, and so on; each ink pixel joins the displacement that explains it best.
+    A displacement that explains fewer than MIN_PIXELS new ink pixels makes no layer, so
+    a frame with fewer moving objects leaves layers empty.
+    context (B, T, 1, H, W), T >= 2 -> L (B, K, H, W): each ink pixel of the last frame in
+    exactly one layer. Holds all (2R+1)^2 residual maps at once, 0.7 MB a 64x64 clip."""
+    cur, prev = context[:, -1, 0].float(), context[:, -2, 0].float()
+    B = cur.shape[0]
+    b = torch.arange(B, device=cur.device)
+    r = torch.cat([_explained(cur, prev, oy) for oy in range(-SEARCH_PX, SEARCH_PX + 1)], 1)   # (B, (2R+1)^2, H, W)
+    hit = (r < HYP_TAU).float()
+    free = (cur > INK).float()                                              # ink not yet explained
+    residuals = []                                                          # (B, H, W) per layer
+    for _ in range(objects):
+        n, i = (hit * free[:, None]).sum((2, 3)).max(1)                     # (B,): the best displacement
+        best = torch.where((n >= MIN_PIXELS)[:, None, None], r[b, i], torch.full_like(cur, float("inf")))
+        residuals.append(best)
+        free = free * (best >= HYP_TAU).float()
+    owner = F.one_hot(torch.stack(residuals, 1).argmin(1), objects).permute(0, 3, 1, 2).float()
+    return cur[:, None] * owner
+
+
+def templates(context: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Each layer's appearance from all context frames: every frame moved back by where
+    the layer was tracked in it, then a low per-pixel quantile over frames
+    (TEMPLATE_QUANTILE). The body is in every aligned frame, another body only in those
+    in which it passes that pixel, so ink of the other body that the cut gave this layer
+    is voted out; where bodies overlap by their maximum, as in Moving MNIST, the body's
+    own ink is never hidden. A low quantile rather than the minimum, so that a frame or
+    two in which the track slipped do not erase the body.
+    context (B, T, 1, H, W); P (B, K, T, 2) whole pixels relative to the last frame ->
+    (B, K, H, W) at the layer's place in the last frame."""
     B, T, _, H, W = context.shape
-    grid = H // 4   # the code grid's cells
-    _, v, conf = motion.read(context[:, -2].float(), context[:, -1].float(), radius, grid)   # last pair
-    conf = conf[:, 0]                                                       # v (B, 2, g, g) px/frame, conf (B, g, g)
-    # Only cells with ink of their own vote: an empty cell's 20-px window reaches the
-    # edge of an object and reads odd displacements, which the far-apart start of
-    # k-means would pick as a centre. On 128 Moving MNIST test clips (the default model)
-    # this took the mean MSE from 172.2 to 150.9. (Averaging the last two pairs' readings
-    # helped without it, 167.8, and hurt with it, 155.3.)
-    inked = F.max_pool2d(context[:, -1].float(), H // grid)[:, 0] > INK      # (B, g, g)
-    w = (conf * (conf > CONFIDENT) * inked).flatten(1)                      # (B, g*g)
-    labels = _kmeans(v.flatten(2).transpose(1, 2), w, objects)              # (B, g*g)
-    votes = F.one_hot(labels, objects).float().transpose(1, 2) * (w > 0)[:, None].float()
-    votes = votes.view(B, objects, grid, grid)
-    # Each pixel joins the layer with the most confident cells within 2 cells, ties and
-    # far-off pixels broken by a wider count.
-    near = F.avg_pool2d(votes, 5, 1, 2) + 1e-4 * F.avg_pool2d(votes, 15, 1, 7)
-    near = F.interpolate(near, size=(H, W), mode="bilinear", align_corners=False)
-    owner = F.one_hot(near.argmax(1), objects).permute(0, 3, 1, 2).float()  # (B, K, H, W)
-    return context[:, -1].float() * owner
+    K = P.shape[1]
+    frames = context[:, :, 0].float()[:, None].expand(B, K, T, H, W).reshape(-1, H, W)
+    aligned = shift(frames, -P.reshape(-1, 2))                              # (B*K*T, H, W)
+    return aligned.view(B, K, T, H, W).quantile(TEMPLATE_QUANTILE, dim=2, interpolation="lower")
 
 
 @torch.no_grad()
@@ -206,8 +227,10 @@ def observe_layers(context: torch.Tensor, objects: int):
         T = context.shape[1]
         L = segment(context, objects)
         P, _ = track(context, L, T - 1, 0)
+        present = (L.flatten(2).amax(-1) > INK).float()                     # (B, K)
+        L = templates(context, P) * present[..., None, None]
         v = fit_velocity(P)
-    return L, v * (L.flatten(2).amax(-1) > INK)[..., None]
+    return L, v * present[..., None]
 
 
 @torch.no_grad()
