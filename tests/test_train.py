@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.scripts import checkpoint_where, kill_when, run
+from training import layers, loop
 
 TINY = ["--minutes=0", "--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1",
         "--tok_steps=6", "--tok_batch=8", "--dyn_steps=4", "--dyn_batch=2", "--dyn_sequences=6",
@@ -66,7 +67,17 @@ def test_layers_mode_caches_the_cut_and_logs_position_error(data_root, tmp_path)
     assert len(hist) == 4 and all(len(h["track_px"]) == len(h["rollout_mse"]) == 4 for h in hist)
     with np.load(tmp_path / "checkpoints" / "lay" / "layers_bouncing_balls.npz") as cut:
         assert cut["L"].shape == (6, 3, 64, 64) and cut["positions"].shape == (6, 3, 8, 2)
+        fields = dict(cut)
     assert (tmp_path / "results" / "lay" / "metrics.json").exists()
+    # A cache is reused only if it was made by the cut of this code.
+    cfg = {"objects": 3, "context": int(fields["context"])}
+    path = tmp_path / "cut.npz"
+    np.savez(path, **fields)
+    assert loop._cut_cached(path, 6, 8, cfg)
+    np.savez(path, **{**fields, "version": np.array(layers.CUT_VERSION - 1)})
+    assert not loop._cut_cached(path, 6, 8, cfg)
+    np.savez(path, **{k: v for k, v in fields.items() if k != "version"})
+    assert not loop._cut_cached(path, 6, 8, cfg)
 
 
 def test_killed_twice_and_resumed_ends_as_the_uninterrupted_run(data_root, full, tmp_path):

@@ -45,6 +45,7 @@ HYP_TAU = 0.15       # a displacement explains a pixel when its local residual i
 HYP_WIN = 3          # ... the window of that residual, px
 TEMPLATE_QUANTILE = 0.2   # of a pixel over the aligned context frames (`templates`)
 MIN_PIXELS = 4       # a displacement explaining fewer new ink pixels than this makes no layer
+CUT_VERSION = 2      # of what `cut` computes; a training cache of another version is made again
 TURN_PX = 1.5        # a per-frame displacement this far from the recent mean starts a new segment
 
 

@@ -526,7 +526,8 @@ def _cut_cached(path: Path, n: int, T: int, cfg) -> bool:
     try:
         with np.load(path) as f:
             return (f["L"].shape[:2] == (n, cfg["objects"]) and f["positions"].shape[2] == T
-                    and int(f["context"]) == cfg["context"])
+                    and int(f["context"]) == cfg["context"]
+                    and "version" in f.files and int(f["version"]) == layers.CUT_VERSION)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -559,12 +560,13 @@ def _write_codes(cfg, run, model, windows, k, n, path, deadline: float = 0.0):
 def _write_cut(cfg, run, windows, k, n, path):
     """The layers of frame context-1, their velocities and where each layer is in every
     later frame (the regression targets); the cut is of frame context-1, so the file
-    records `context`."""
+    records `context`, and `layers.CUT_VERSION`, so that a run resumed after the cut's code
+    changed does not train on the old cut."""
     K, ctx, T = cfg["objects"], cfg["context"], windows.length
     H, W = windows.frame_shape
     out = {"L": np.empty((n, K, H, W), np.float16), "velocity": np.empty((n, K, 2), np.float32),
            "positions": np.empty((n, K, T, 2), np.int16), "score": np.empty((n, K, T), np.float16),
-           "context": np.array(ctx)}
+           "context": np.array(ctx), "version": np.array(layers.CUT_VERSION)}
     for i in tqdm(range(0, n, 64), desc=f"layers {windows.names[k]}"):
         x = _clips(windows, k, i, min(n, i + 64), run.device)
         for key, val in zip(("L", "velocity", "positions", "score"), layers.cut(x, K, ctx)):
