@@ -527,7 +527,7 @@ def _cut_cached(path: Path, n: int, T: int, cfg) -> bool:
         with np.load(path) as f:
             return (f["L"].shape[:2] == (n, cfg["objects"]) and f["positions"].shape[2] == T
                     and int(f["context"]) == cfg["context"]
-                    and "version" in f.files and int(f["version"]) == layers.CUT_VERSION)
+                    and int(f["version"]) == layers.CUT_VERSION)   # KeyError: a cache from before versions
     except (OSError, ValueError, KeyError):
         return False
 
