@@ -145,9 +145,10 @@ def test_layer_loss_teaches_a_wall_bounce():
     assert before[-1] == 9.0 and after[-1] < 0.3 * before[-1]   # mean over x and y: 18 px off in x
 
 
-def test_layers_is_an_action_free_model():
-    """The layers unit's state holds no rewards or positions an agent can read: a config
-    asking it for actions or a reward head is refused with the fix named."""
-    for extra in ({"action_dim": 1}, {"reward_head": True}):
-        with pytest.raises(ValueError, match="predict=motion"):
-            SharpWorldModelV2(**TINY, **extra)
+def test_layers_takes_actions_but_has_no_reward_head():
+    """The layers unit's compact state (each layer's offset and velocity) has nothing a
+    reward head reads: a config asking for one is refused with the fix named; actions are
+    taken (tests/test_world_model.py checks where they act)."""
+    with pytest.raises(ValueError, match="predict=motion"):
+        SharpWorldModelV2(**TINY, reward_head=True)
+    assert SharpWorldModelV2(**TINY, action_dim=2).dynamics.action_dim == 2

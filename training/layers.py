@@ -272,10 +272,13 @@ class RigidLayers:
     and the velocity carried to the next (two outputs, because a bounce folds the
     overshoot back: the displacement on the bounce frame is neither the old nor the new
     velocity). The ConvGRU does not run over the context: the velocity comes from
-    tracking the layers. An action-free video model (ModelConfig refuses actions and a
-    reward head for it). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
+    tracking the layers. Actions, as in every unit (training/world_model.py Dynamics): the
+    action taken at frame t enters the head that moves the layers to frame t+1, and the
+    core at frame t+1 as its previous action; every layer reads the same action. No reward
+    head (ModelConfig refuses it). State: {'hidden' (per layer), 'layers' L (B, K, H, W),
     'offset' (B, K, 2), 'moved' (B, K, H, W), 'velocity' (B, K, 2), 'centre' (B, K, 2),
-    'codes', 'feats' (the last step's ConvGRU features, None before the first)}."""
+    'codes', 'feats' (the last step's ConvGRU features, None before the first),
+    'prev_action' (B, A) the action that led to the current frame, or None}."""
 
     extra_in = 5   # coverage, velocity (2), centre (2)
 
@@ -298,23 +301,29 @@ class RigidLayers:
         centre = torch.stack([(L * xs).sum((2, 3)) / mass, (L * ys).sum((2, 3)) / mass], -1)   # (B, K, 2)
         # 'moved': the layers at their current offset, kept so that each move is warped
         # once, for both the next step's coverage and the overlay.
+        Tc = context.shape[1]
+        prev = actions[:, Tc - 2] if actions is not None and Tc >= 2 else None   # led to the last context frame
         return {"hidden": model.dynamics.init_hidden(B * K, L.device, model.grid, model.grid),
                 "layers": L.float(), "offset": L.new_zeros(B, K, 2, dtype=torch.float32),
                 "moved": L.float(), "velocity": velocity.float(), "centre": centre, "codes": last,
-                "feats": None}
+                "feats": None, "prev_action": prev}
 
-    def move_layers(self, model, state):
-        """Move every layer one frame from the current tokens; updates the state in place."""
+    def move_layers(self, model, state, action=None):
+        """Move every layer one frame from the current tokens, `action` (B, A) the one taken
+        at the current frame (required with action_dim); updates the state in place."""
         m = self.config.max_motion
         L, off, vel = state["layers"], state["offset"], state["velocity"]
         B, K, H, _ = L.shape
+        per_layer = lambda a: None if a is None else a.repeat_interleave(K, 0)    # noqa: E731  (B*K, A)
         emb = model.embed(state["codes"]).repeat_interleave(K, 0)                 # (B*K, D, h, w)
         covered = (state["moved"].flatten(0, 1)[:, None] > INK).float()            # (B*K, 1, H, W)
         mask = F.adaptive_avg_pool2d(covered, model.grid)                          # (B*K, 1, h, w)
         v, centre = vel.flatten(0, 1), (state["centre"] + off).flatten(0, 1)       # (B*K, 2)
         planes = torch.cat([v / m, 2 * centre / H - 1], 1)[:, :, None, None].expand(-1, -1, *mask.shape[2:])
-        feats, state["hidden"] = model.dynamics.step(emb, state["hidden"], None, torch.cat([mask, planes], 1))
-        raw = model.dynamics.predict(feats)
+        feats, state["hidden"] = model.dynamics.step(emb, state["hidden"], per_layer(state["prev_action"]),
+                                                     torch.cat([mask, planes], 1))
+        raw = model.dynamics.predict(feats, per_layer(action))
+        state["prev_action"] = action
         # Averaged over the layer's cells; bounded by 2 max_motion because reversing a
         # velocity changes it by twice its size.
         corr = 2 * m * torch.tanh(raw / (2 * m))
@@ -328,7 +337,7 @@ class RigidLayers:
         state = dict(state)
         frames, codes = [], []
         for t in range(horizon):
-            self.move_layers(model, state)
+            self.move_layers(model, state, actions[:, t] if actions is not None else None)
             c = model.encode(state["moved"].amax(1, keepdim=True).clamp(0, 1))
             frames.append(model.decode(c))
             codes.append(c)
@@ -348,18 +357,19 @@ class RigidLayers:
         the true frames (self-supervised; no physical states), smooth L1 in pixels, over
         the layers found (match score > 0.5). Always free-running (`forced` is ignored).
 
-        batch: 'frames' (B, T, 1, H, W), 'codes' (B, T, h, w), the cached cut (`cut`) 'L'
-        (B, K, H, W), 'velocity' (B, K, 2), 'positions' (B, K, T, 2), 'score' (B, K, T).
+        batch: 'frames' (B, T, 1, H, W), 'codes' (B, T, h, w), optional 'actions' (B, T, A),
+        the cached cut (`cut`) 'L' (B, K, H, W), 'velocity' (B, K, 2), 'positions' (B, K, T, 2), 'score' (B, K, T).
         Returns (loss, logs) with logs['rollout_mse'] the per-step pixel error of the overlay (before re-tokenising) and logs['track_px']
         the mean position error per step in pixels."""
         frames, codes = batch["frames"], batch["codes"]
         L, positions, score = batch["L"], batch["positions"], batch["score"]
         T = frames.shape[1]
-        state = self.observe(model, frames[:, :context], None, codes[:, :context], L, batch["velocity"])
+        actions = batch.get("actions")
+        state = self.observe(model, frames[:, :context], actions, codes[:, :context], L, batch["velocity"])
         present = (L.flatten(2).amax(-1) > INK).float()                             # (B, K)
         total, step_mse, track_px = 0.0, [], []
         for t in range(context, T):
-            self.move_layers(model, state)
+            self.move_layers(model, state, actions[:, t - 1] if actions is not None else None)
             w = present * (score[:, :, t] > 0.5).float()                             # (B, K)
             loss_t, px = weighted_smooth_l1(state["offset"] - positions[:, :, t].float(), w[..., None])
             total = total + loss_t

@@ -64,7 +64,7 @@ PRIOR_KEYPOINT_WEIGHT = 64.0  # each keypoint coordinate's weight in the prior's
 
 UNITS = {"motion": MotionField, "particles": Particles, "layers": RigidLayers}
 PREDICT_MODES = tuple(UNITS)
-ACTION_UNITS = ("motion", "particles")   # the units that take an action at every step (layers refuses)
+AGENT_UNITS = ("motion", "particles")   # the units with a reward head and latent prior (the agent's); all take actions
 
 
 @dataclass
@@ -85,9 +85,10 @@ class ModelConfig:
     def __post_init__(self):
         if self.predict not in UNITS:
             raise ValueError(f"predict must be one of {', '.join(PREDICT_MODES)}, got '{self.predict}'")
-        if self.predict == "layers" and (self.action_dim or self.reward_head):
-            raise ValueError("predict=layers is an action-free video model (its state holds no rewards or "
-                             "positions an agent can read); use predict=motion or particles with action_dim / reward_head")
+        if self.reward_head and self.predict not in AGENT_UNITS:
+            raise ValueError(f"predict={self.predict} has no reward head (its compact state is each layer's offset and "
+                             f"velocity, with no keypoints or features a reward head reads); use predict="
+                             f"{' or '.join(AGENT_UNITS)} with reward_head")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
 

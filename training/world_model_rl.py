@@ -45,7 +45,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data_utils import envs  # noqa: E402
 from training.agent import Agent, AgentConfig, imagine  # noqa: E402
-from training.world_model import ACTION_UNITS, ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
+from training.world_model import AGENT_UNITS, ModelConfig, SharpWorldModelV2, tokenizer_loss  # noqa: E402
 
 CONFIG = dict(
     # --- run ---------------------------------------------------------------------------
@@ -601,9 +601,9 @@ def imagined_vs_real(cfg, model, ev: dict, device, path: Path, episodes: int = 3
 
 # ----------------------------------------------------------------------------------------
 def build(cfg, device):
-    if cfg["predict"] not in ACTION_UNITS:
-        raise SystemExit(f"error: --predict must be one of {', '.join(ACTION_UNITS)} (the units that take "
-                         f"actions), got '{cfg['predict']}'")
+    if cfg["predict"] not in AGENT_UNITS:
+        raise SystemExit(f"error: --predict must be one of {', '.join(AGENT_UNITS)} (the units with "
+                         f"a reward head), got '{cfg['predict']}'")
     model = SharpWorldModelV2(ModelConfig.from_dict({**cfg, "action_dim": 2, "reward_head": True,
                                                       "image_size": 64})).to(device)
     agent = Agent(AgentConfig(latent_dim=2 * model.dynamics.latent_dim, action_dim=2,
