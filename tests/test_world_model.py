@@ -279,7 +279,7 @@ def test_latent_prior_starts_as_nothing_moves_and_only_reward_models_have_one():
 
 def test_latent_prior_learns_inertia_and_a_push_open_loop_and_not_the_reward_head():
     """Latents whose first two features are a body's position and velocity under a push
-    (x' = x + v, v' = 0.9 v + 0.3 a) and whose reward is -|x|: trained on 200 steps of
+    (x' = x + v, v' = 0.9 v + 0.3 a) and whose reward is -|x|: trained on 400 steps of
     prior_loss, the open-loop latent error falls far below the untrained prior's, the
     prior's push moves the body the right way; the reward term of the loss reaches the prior
     and never the reward head."""
@@ -308,14 +308,14 @@ def test_latent_prior_learns_inertia_and_a_push_open_loop_and_not_the_reward_hea
     # latents toward whatever it happens to read)
     opt = torch.optim.Adam(model.dynamics.prior.parameters(), lr=1e-3)   # the default prior_lr
     start = logs["prior"]
-    for _ in range(200):
+    for _ in range(400):
         z, a, r = sequences(64)
         loss, _ = model.prior_loss(z, a, r, reward_weight=0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
     z, a, r = sequences(256)
-    assert model.prior_loss(z, a, r)[1]["prior"] < 0.05 * start   # measured: 0.005 x
+    assert model.prior_loss(z, a, r)[1]["prior"] < 0.05 * start   # 0.015 x on 2 threads, 0.018 x on 1 (200 steps: 0.038, 0.051)
     with torch.no_grad():   # from rest at the origin, push +x for three steps: the body moves +x
         prev = cur = torch.zeros(1, F_)
         for _ in range(3):
