@@ -5,6 +5,7 @@ results/benchmark/<section>.json (plus its charts).
     python evaluation/benchmark.py --section data --scale 0.1  # a 4k-sequence quick run
     python evaluation/benchmark.py --section model             # tokenizer / dynamics training speed
     python evaluation/benchmark.py --section budget --minutes 5 10 25 60   # quality per training budget
+    python evaluation/benchmark.py --section layers            # untrained rigid layers on each dataset
     python evaluation/benchmark.py --section all               # every section but budget (hours)
 
 Sections register themselves in SECTIONS with @section("name"); a section function takes the
@@ -269,6 +270,45 @@ def bench_ddp(args) -> dict:
             "command": "python " + " ".join(map(shlex.quote, sys.argv))}
 
 
+# --- layers: the rigid-layer assumption, untrained, on each dataset ---------------------------
+@section("layers")
+def bench_layers(args) -> dict:
+    """How much of each dataset rigid layers explain with nothing learned: the last context
+    frame cut into up to --objects layers (training/layers.py), each moved on at its
+    observed velocity (`constant_velocity`: no bounces, no tokenizer), against copy-last and
+    blank, on the first --clips test clips (first half of each clip in, second half
+    predicted). Also ink_kept: the pixels the layers cover over the last frame's ink pixels
+    (ink that no layer follows is dropped; above 1 where a template, read from all context
+    frames, also holds ink the last frame did not show). Needs the datasets in --data-root."""
+    from data_utils.datasets import DatasetError, load_split, parse_names
+    from training import layers
+
+    rows = []
+    try:
+        clips = {n: load_split(n, "test", args.data_root or None)[:args.clips] for n in parse_names(args.datasets)}
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for name, x in clips.items():
+        x = torch.from_numpy(np.array(x))                                     # a copy: the split is read-only
+        x = x.float().div(255)[:, :, None]                                    # (N, T, 1, H, W)
+        ctx, fut = x[:, :x.shape[1] // 2], x[:, x.shape[1] // 2:]
+        pred = layers.constant_velocity(ctx, args.objects, fut.shape[1])
+        mse = lambda p: (p - fut).pow(2).flatten(2).sum(-1).mean(0)           # noqa: E731  (T_pred,) per frame
+        ours, copy, blank = mse(pred), mse(ctx[:, -1:].expand_as(fut)), mse(torch.zeros_like(fut))
+        L, _ = layers.observe_layers(ctx, args.objects)
+        ink = (ctx[:, -1, 0] > layers.INK).float().sum((1, 2))
+        kept = ((L.amax(1) > layers.INK).float().sum((1, 2)) / ink.clamp_min(1)).mean()
+        rows.append({"dataset": name, "layers_mse": round(ours.mean().item(), 1),
+                     "first": round(ours[0].item(), 1), "last": round(ours[-1].item(), 1),
+                     "copy_last": round(copy.mean().item(), 1), "blank": round(blank.mean().item(), 1),
+                     "steps_below_both": int(((ours < copy) & (ours < blank)).sum()),
+                     "ink_kept": round(kept.item(), 2)})
+    return {"section": "layers", "rows": rows, "objects": args.objects, "clips": args.clips,
+            "machine": machine_info(), "command": "python " + " ".join(map(shlex.quote, sys.argv)),
+            "what": "untrained rigid layers at constant velocity, pixel space: mean MSE per predicted frame "
+                    "(summed over pixels), first and last step, beside copy-last and blank"}
+
+
 # --- budget: quality for a wall-time budget, world model against the learned baseline ------------
 BUDGET_MODELS = {"world model": ("train_sharp_v2.py", "sharp_v2"), "baseline": ("train_baseline.py", "baseline")}
 
@@ -399,6 +439,10 @@ def main(argv=None):
                         help="budget: wall-time budgets to train both models for")
     parser.add_argument("--root", default=str(utils.REPO_ROOT),
                         help="budget: folder holding the runs' checkpoints/ and results/")
+    parser.add_argument("--datasets", default="all", help="layers: all, or a comma-separated list")
+    parser.add_argument("--data-root", default="", help="layers: the datasets' folder ('' = data/)")
+    parser.add_argument("--clips", type=int, default=64, help="layers: test clips per dataset")
+    parser.add_argument("--objects", type=int, default=4, help="layers: most layers cut per clip")
     parser.add_argument("--train-args", default="",
                         help="budget: settings passed to both training scripts, e.g. '--data_root=data/font'")
     args = parser.parse_args(argv)

@@ -152,3 +152,30 @@ def test_layers_takes_actions_but_has_no_reward_head():
     with pytest.raises(ValueError, match="predict=motion"):
         SharpWorldModelV2(**TINY, reward_head=True)
     assert SharpWorldModelV2(**TINY, action_dim=2).dynamics.action_dim == 2
+
+
+def test_benchmark_layers_section_scores_each_dataset(tmp_path):
+    """`benchmark.py --section layers`: untrained rigid layers beside copy-last and blank,
+    one row per dataset; on squares moving at constant velocity they beat copy-last and
+    keep all the ink; a missing dataset is a one-line error."""
+    import numpy as np
+
+    from evaluation import benchmark
+
+    folder = tmp_path / "moving_mnist"
+    folder.mkdir()
+    x = torch.zeros(3, 8, 64, 64)
+    for t in range(8):
+        x[:, t, 10:18, 5 + 3 * t:13 + 3 * t] = 1.0
+        x[:, t, 40:48, 50 - 2 * t:58 - 2 * t] = 0.8
+    np.save(folder / "test.npy", (x * 255).to(torch.uint8).numpy())
+    (folder / "meta.json").write_text("{}")   # what marks a dataset folder; the section reads only the frames
+    res = benchmark.main(["--section", "layers", "--datasets", "moving_mnist", "--data-root", str(tmp_path),
+                          "--out", str(tmp_path / "bench"), "--clips", "2"])["layers"]
+    (row,) = res["rows"]
+    assert row["dataset"] == "moving_mnist" and row["ink_kept"] == 1.0
+    assert row["layers_mse"] < 0.05 * row["copy_last"] and row["steps_below_both"] == 4
+    assert (tmp_path / "bench" / "layers.json").exists()
+    with pytest.raises(SystemExit, match="error:"):
+        benchmark.main(["--section", "layers", "--datasets", "pendulum", "--data-root", str(tmp_path),
+                        "--out", str(tmp_path / "bench")])

@@ -246,6 +246,16 @@ def cut(clips: torch.Tensor, objects: int, context: int):
     return L, v, P, S
 
 
+@torch.no_grad()
+def constant_velocity(context: torch.Tensor, objects: int, horizon: int) -> torch.Tensor:
+    """The layers with nothing learned: each moved on at its observed velocity, overlaid
+    (no bounces, no re-tokenising); how far the rigid-layer assumption alone carries on a
+    dataset (evaluation/benchmark.py --section layers). context (B, T, 1, H, W) ->
+    (B, horizon, 1, H, W)."""
+    L, v = observe_layers(context, objects)
+    return torch.stack([composite(L, v * k) for k in range(1, horizon + 1)], 1)
+
+
 def move(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """Each layer moved by its offset. L (B, K, H, W); D (B, K, 2) px (x, y), bilinear for
     sub-pixel moves -> (B, K, H, W)."""
