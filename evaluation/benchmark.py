@@ -292,10 +292,10 @@ def bench_layers(args) -> dict:
         x = torch.from_numpy(np.array(x))                                     # a copy: the split is read-only
         x = x.float().div(255)[:, :, None]                                    # (N, T, 1, H, W)
         ctx, fut = x[:, :x.shape[1] // 2], x[:, x.shape[1] // 2:]
-        pred = layers.constant_velocity(ctx, args.objects, fut.shape[1])
+        L, v = layers.observe_layers(ctx, args.objects)
+        pred = layers.constant_velocity(L, v, fut.shape[1])
         mse = lambda p: (p - fut).pow(2).flatten(2).sum(-1).mean(0)           # noqa: E731  (T_pred,) per frame
         ours, copy, blank = mse(pred), mse(ctx[:, -1:].expand_as(fut)), mse(torch.zeros_like(fut))
-        L, _ = layers.observe_layers(ctx, args.objects)
         ink = (ctx[:, -1, 0] > layers.INK).float().sum((1, 2))
         kept = ((L.amax(1) > layers.INK).float().sum((1, 2)) / ink.clamp_min(1)).mean()
         rows.append({"dataset": name, "layers_mse": round(ours.mean().item(), 1),

@@ -247,12 +247,11 @@ def cut(clips: torch.Tensor, objects: int, context: int):
 
 
 @torch.no_grad()
-def constant_velocity(context: torch.Tensor, objects: int, horizon: int) -> torch.Tensor:
+def constant_velocity(L: torch.Tensor, v: torch.Tensor, horizon: int) -> torch.Tensor:
     """The layers with nothing learned: each moved on at its observed velocity, overlaid
     (no bounces, no re-tokenising); how far the rigid-layer assumption alone carries on a
-    dataset (evaluation/benchmark.py --section layers). context (B, T, 1, H, W) ->
-    (B, horizon, 1, H, W)."""
-    L, v = observe_layers(context, objects)
+    dataset (evaluation/benchmark.py --section layers). L (B, K, H, W), v (B, K, 2) from
+    `observe_layers` -> (B, horizon, 1, H, W)."""
     return torch.stack([composite(L, v * k) for k in range(1, horizon + 1)], 1)
 
 

@@ -125,7 +125,7 @@ def resolve_predict(predict: str, dataset: str) -> str:
     """predict="auto": rigid layers on Moving MNIST (two large digits that overlap), the
     displacement field elsewhere. A switch by name, not a general model: on Moving MNIST
     the layers score far lower MSE, and on the other scenes they drop ink that follows no
-    rigid track (turning rods, springs) and assume elastic contacts; the measured
+    rigid track and assume elastic contacts; the measured
     comparisons, all ten datasets included, are in docs/experiments.md."""
     if predict != "auto":
         return predict
