@@ -44,7 +44,7 @@ def test_train_writes_outputs(data_root, full, tmp_path):
     assert len(metrics["model"]["mse"]) == 4 and set(metrics["means"]) == {"model", "copy_last", "blank"}
     ckpt = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["config"]["hidden"] == 8 and ckpt["model_config"]["hidden"] == 8
-    assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: layers only on Moving MNIST
+    assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: balls are not kept whole by 2 layers
     # The checkpoint is usable by the evaluation script.
     run(["evaluation/eval_sharp.py", f"--checkpoint={full / 'checkpoints' / 'full' / 'latest.pt'}",
          f"--data={data_root / 'bouncing_balls' / 'test.npy'}", "--context=4", "--horizon=4",

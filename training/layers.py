@@ -247,6 +247,16 @@ def cut(clips: torch.Tensor, objects: int, context: int):
 
 
 @torch.no_grad()
+def ink_kept(L: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """The share of a frame's ink pixels that the layers cover: how much of the frame moves
+    as at most K rigid bodies (ink of a turning rod, a bending wave or a body beyond the K-th
+    follows no layer and is dropped). Above 1 where a template holds ink the frame did not
+    show. L (B, K, H, W) from `observe_layers`, frame (B, H, W) its last context frame -> (B,)."""
+    ink = (frame > INK).float().sum((1, 2))
+    return (L.amax(1) > INK).float().sum((1, 2)) / ink.clamp_min(1)
+
+
+@torch.no_grad()
 def constant_velocity(L: torch.Tensor, v: torch.Tensor, horizon: int) -> torch.Tensor:
     """The layers with nothing learned: each moved on at its observed velocity, overlaid
     (no bounces, no re-tokenising); how far the rigid-layer assumption alone carries on a
