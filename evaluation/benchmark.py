@@ -174,7 +174,8 @@ def bench_model(args) -> dict:
     torch.manual_seed(0)
     tok_batch, dyn_batch = args.tok_batch or TRAIN["tok_batch"], args.dyn_batch or TRAIN["dyn_batch"]
     frames = _bench_frames(args.model_dataset, tok_batch, dyn_batch)  # (N, T, 1, 64, 64)
-    model_cfg = ModelConfig.from_dict({**TRAIN, "predict": resolve_predict(TRAIN["predict"], args.model_dataset)})
+    predict = resolve_predict(TRAIN["predict"], frames[:, :TRAIN["context"]], TRAIN["objects"])
+    model_cfg = ModelConfig.from_dict({**TRAIN, "predict": predict})
     machine = machine_info()
     precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
         else [False]
@@ -277,11 +278,14 @@ def bench_layers(args) -> dict:
     frame cut into up to --objects layers (training/layers.py), each moved on at its
     observed velocity (`constant_velocity`: no bounces, no tokenizer), against copy-last and
     blank, on the first --clips test clips (first half of each clip in, second half
-    predicted). Also ink_kept: the pixels the layers cover over the last frame's ink pixels
-    (ink that no layer follows is dropped; above 1 where a template, read from all context
-    frames, also holds ink the last frame did not show). Needs the datasets in --data-root."""
+    predicted). Also ink_kept, mean and median over the clips (`layers.ink_kept`): the
+    pixels the layers cover over the last frame's ink pixels (ink that no layer follows is
+    dropped; above 1 where a template, read from all context frames, also holds ink the
+    last frame did not show); the median is what predict=auto tests. Needs the datasets in
+    --data-root."""
     from data_utils.datasets import DatasetError, load_split, parse_names
     from training import layers
+    from training.train_sharp_v2 import RIGID_SHARE
 
     rows = []
     try:
@@ -296,17 +300,18 @@ def bench_layers(args) -> dict:
         pred = layers.constant_velocity(L, v, fut.shape[1])
         mse = lambda p: (p - fut).pow(2).flatten(2).sum(-1).mean(0)           # noqa: E731  (T_pred,) per frame
         ours, copy, blank = mse(pred), mse(ctx[:, -1:].expand_as(fut)), mse(torch.zeros_like(fut))
-        ink = (ctx[:, -1, 0] > layers.INK).float().sum((1, 2))
-        kept = ((L.amax(1) > layers.INK).float().sum((1, 2)) / ink.clamp_min(1)).mean()
+        kept = layers.ink_kept(L, ctx[:, -1, 0])
         rows.append({"dataset": name, "layers_mse": round(ours.mean().item(), 1),
                      "first": round(ours[0].item(), 1), "last": round(ours[-1].item(), 1),
                      "copy_last": round(copy.mean().item(), 1), "blank": round(blank.mean().item(), 1),
                      "steps_below_both": int(((ours < copy) & (ours < blank)).sum()),
-                     "ink_kept": round(kept.item(), 2)})
+                     "ink_kept": round(kept.mean().item(), 2), "ink_kept_median": round(kept.median().item(), 2)})
     return {"section": "layers", "rows": rows, "objects": args.objects, "clips": args.clips,
             "machine": machine_info(), "command": "python " + " ".join(map(shlex.quote, sys.argv)),
             "what": "untrained rigid layers at constant velocity, pixel space: mean MSE per predicted frame "
-                    "(summed over pixels), first and last step, beside copy-last and blank"}
+                    "(summed over pixels), first and last step, beside copy-last and blank; the share of the "
+                    "last context frame's ink the layers keep, mean and median over clips (predict=auto of "
+                    f"train_sharp_v2.py picks layers where the median is at least {RIGID_SHARE})"}
 
 
 # --- budget: quality for a wall-time budget, world model against the learned baseline ------------

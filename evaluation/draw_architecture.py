@@ -238,12 +238,16 @@ def main():
     cfg = utils.parse_overrides(CONFIG)
     if cfg["checkpoint"]:
         ckpt = utils.load_checkpoint(cfg["checkpoint"])
-        if "model_config" not in ckpt:
-            raise SystemExit(f"error: {cfg['checkpoint']} is not a world-model checkpoint (no 'model_config')")
+        fix = "pass --checkpoint=checkpoints/<run>/latest.pt of train_sharp_v2.py or train_comprehensive.py"
+        mc = ckpt.get("model_config")
+        if not isinstance(mc, dict) or mc.get("kind") is not None:
+            raise SystemExit(f"error: {cfg['checkpoint']} is not a world-model checkpoint (the diagram draws "
+                             f"SharpWorldModelV2 only); {fix}")
         try:
-            model = wm.SharpWorldModelV2(wm.ModelConfig.from_checkpoint(ckpt["model_config"]))
+            model = wm.SharpWorldModelV2(wm.ModelConfig.from_checkpoint(mc))
         except (TypeError, ValueError) as exc:
-            raise SystemExit(f"error: {cfg['checkpoint']} is of another version ({exc}); retrain it") from None
+            raise SystemExit(f"error: {cfg['checkpoint']} was written by another version of this code ({exc}); "
+                             f"{fix}, or retrain it") from None
         source = f"config of {cfg['checkpoint']}"
     else:
         model = wm.SharpWorldModelV2()

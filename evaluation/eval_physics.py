@@ -40,7 +40,7 @@ CONFIG = dict(
     checkpoint="",         # default: checkpoints/comprehensive/latest.pt
     dataset="",            # a dataset name, a comma-separated list or 'all'; default: the checkpoint's own
     all=False,             # every one of the ten datasets (same as --dataset=all)
-    data_root="",          # '' = <repo>/data
+    data_root="",          # folder of the datasets; '' = the checkpoint's own data_root, else <repo>/data
     num_sequences=128,     # test clips rolled out per dataset (positions, laws, probe test set)
     probe_train=400,       # training clips the probes are fitted on (0: no probes)
     context=10,            # true frames fed to the model
@@ -300,8 +300,15 @@ def main():
     device = utils.pick_device(cfg["device"])
     ckpt_path = Path(cfg["checkpoint"]) if cfg["checkpoint"] else DEFAULT_CHECKPOINT
     model, ckpt = load_model(ckpt_path, device)
+    if not isinstance(model, SharpWorldModelV2):
+        raise SystemExit(f"error: {ckpt_path} is not a world model (the baseline has no latent state to probe); "
+                         f"pass --checkpoint=checkpoints/<run>/latest.pt of train_sharp_v2.py or "
+                         f"train_comprehensive.py, or use python evaluation/eval_sharp.py for the baseline")
     ckpt_config = ckpt.get("config") or {}
     cfg["bf16"] = resolve_bf16(str(cfg["bf16"]), ckpt_config)
+    cfg["data_root"] = cfg["data_root"] or ckpt_config.get("data_root") or ""
+    if names is None and not (ckpt_config.get("dataset") or ckpt_config.get("datasets")):
+        raise SystemExit(f"error: {ckpt_path} names no dataset; pass --dataset=NAME, a comma-separated list or all")
     names = names or names_of(ckpt_config.get("dataset") or ckpt_config.get("datasets", ""))
     run = ckpt_config.get("run") or ckpt_path.parent.name
     out_dir = Path(cfg["out_dir"]) if cfg["out_dir"] else utils.REPO_ROOT / "results" / run / "physics"

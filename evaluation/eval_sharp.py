@@ -40,7 +40,8 @@ from training.world_model import ModelConfig, SharpWorldModelV2  # noqa: E402
 
 CONFIG = dict(
     checkpoint="",         # default: checkpoints/sharp_v2/latest.pt (what train_sharp_v2.py saves)
-    dataset="",            # dataset name under data/; default: the checkpoint config's 'dataset'
+    dataset="",            # dataset name under data_root; default: the checkpoint config's 'dataset'
+    data_root="",          # folder of the datasets; '' = the checkpoint's own data_root, else <repo>/data
     data="",               # path to any uint8 (N, T, H, W) .npy; overrides `dataset`
     split="test",          # which split of `dataset` to evaluate
     num_sequences=256,     # the first N sequences of the split
@@ -112,7 +113,7 @@ def load_frames(cfg: dict, ckpt_config: dict):
             name = cfg["dataset"] or ckpt_config.get("dataset", "")
             if not name:
                 raise SystemExit("error: the checkpoint does not name its dataset; pass --dataset=NAME or --data=PATH")
-            frames = load_split(name, cfg["split"])
+            frames = load_split(name, cfg["split"], cfg["data_root"] or ckpt_config.get("data_root") or None)
     except (DatasetError, FileNotFoundError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise SystemExit(f"error: {msg}") from None
@@ -484,7 +485,7 @@ def main():
     plot_metrics(results, long_results, out_dir / "per_step_metrics.png", ctx)
 
     summary = {
-        "config": cfg, "checkpoint": str(ckpt_path), "run": run, "dataset": data_name,
+        "config": cfg, "checkpoint": str(ckpt_path), "run": run, "dataset": data_name, "source": str(source),
         "num_sequences": n, "frames_per_sequence": T, "context": ctx, "horizon": hor,
         "device": str(device), "bf16": bf16, "model_config": model.config.to_dict(), "example_sequences": example_ids,
         "position_error": positions is not None,

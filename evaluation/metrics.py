@@ -5,7 +5,7 @@ Conventions: frames are float in [0, 1] with shape
 averaged over the sequences), not only as a mean.
 
     mse, mae    summed over a frame's pixels, then averaged over frames (the OpenSTL
-                convention: a blank prediction of a Moving MNIST frame scores ~296)
+                convention, so figures compare with published tables)
     psnr        10 log10(1 / MSE_pixel) per frame (data range 1, MSE clamped at 1e-10),
                 averaged over frames, in dB
     ssim        torchmetrics' SSIM per frame (Gaussian window, data range 1), averaged
@@ -52,17 +52,6 @@ def _gradient_sq(frames: torch.Tensor) -> torch.Tensor:
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
     return dx * dx + dy * dy
-
-
-def gradient_magnitude(frames: torch.Tensor) -> torch.Tensor:
-    """Mean image-gradient magnitude of each frame: (..., H, W) -> (...,),
-    mean over pixels of sqrt(dx^2 + dy^2)."""
-    return torch.sqrt(_gradient_sq(frames)).mean(dim=(-2, -1))
-
-
-def gradient_energy(frames: torch.Tensor) -> torch.Tensor:
-    """Mean squared image gradient of each frame: (..., H, W) -> (...,)."""
-    return _gradient_sq(frames).mean(dim=(-2, -1))
 
 
 def _ssim_per_frame(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

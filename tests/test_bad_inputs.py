@@ -23,6 +23,7 @@ import torch
 import utils
 from data_utils import generate
 from tests.scripts import run
+from training.baseline import SimVP, SimVPConfig
 from training.world_model import SharpWorldModelV2
 
 MODEL = dict(channels=16, code_dim=8, num_codes=16, hidden=8, layers=1)
@@ -61,6 +62,10 @@ def w(tmp_path_factory):
     utils.save_checkpoint({**ckpt, "model_config": {**ckpt["model_config"], "old_setting": 3}}, root / "older.pt")
     utils.save_checkpoint({**ckpt, "model_config": {**ckpt["model_config"], "hidden": 16}}, root / "mismatch.pt")
     torch.save({"config": {}, "x": _Payload(root / "payload_ran")}, root / "payload.pt")  # plain torch.save
+    utils.save_checkpoint({**ckpt, "config": {"run": "x"}}, root / "no_dataset.pt")
+    simvp = SimVP(SimVPConfig(hid_s=4, hid_t=8, n_s=2, n_t=1, context=4, horizon=4))
+    utils.save_checkpoint({"config": {"run": "b", "dataset": "bouncing_balls"}, "model_config": simvp.config.to_dict(),
+                           "model": simvp.state_dict(), "phase": "done"}, root / "baseline.pt")
     rng = np.random.default_rng(0)
     np.save(root / "frames.npy", rng.integers(0, 256, (2, 8, 64, 64), dtype=np.uint8))
     np.save(root / "float.npy", np.zeros((2, 8, 64, 64), np.float32))
@@ -218,6 +223,15 @@ ROWS = {
     "checkpoint of another model (--init_tokenizer)": Row("train_sharp_v2", lambda w, t: [
         *train(w, t), f"--init_tokenizer={w.root / 'rl_like.pt'}"],
         ("holds no finished tokenizer", "--init_tokenizer")),
+    "baseline checkpoint (physics)": Row("eval_physics", lambda w, t: [
+        f"--checkpoint={w.root / 'baseline.pt'}", f"--data_root={w.data}", f"--out_dir={t}", "--device=cpu"],
+        ("not a world model", "--checkpoint=", "eval_sharp.py for the baseline")),
+    "baseline checkpoint (diagram)": Row("draw_architecture", lambda w, t: [
+        f"--checkpoint={w.root / 'baseline.pt'}", f"--out_dir={t}"],
+        ("not a world-model checkpoint", "--checkpoint=checkpoints/<run>/latest.pt")),
+    "checkpoint that names no dataset (physics)": Row("eval_physics", lambda w, t: [
+        f"--checkpoint={w.root / 'no_dataset.pt'}", f"--data_root={w.data}", f"--out_dir={t}", "--device=cpu"],
+        ("names no dataset", "--dataset=NAME")),
     "checkpoint of an older version": Row("eval_sharp", lambda w, t: ev(w, t, ckpt=w.root / "older.pt"),
                                           ("settings this version does not know: old_setting", "another version",
                                            "--checkpoint")),

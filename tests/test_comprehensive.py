@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.scripts import checkpoint_where, kill_when, run
-from training.loop import StepBatches
+from training.loop import StepBatches, check_batches
 
 NAMES = "bouncing_balls,pendulum,wave_motion"
 TINY = ["--minutes=0", "--channels=16", "--code_dim=8", "--num_codes=16", "--hidden=8", "--layers=1", "--tok_steps=4",
@@ -107,7 +107,11 @@ def test_another_dynamics_on_a_reused_tokenizer(data_root, single, tmp_path):
 
 
 def test_batch_not_divisible_by_the_processes():
-    with pytest.raises(SystemExit, match="divisible by the number of processes"):
+    """Checked for every batch setting when the run starts, naming the flag."""
+    with pytest.raises(SystemExit, match="--dyn_batch=3 .* multiple of 2"):
+        check_batches({"tok_batch": 4, "dyn_batch": 3}, world=2)
+    check_batches({"tok_batch": 4, "dyn_batch": 6}, world=2)
+    with pytest.raises(ValueError):
         StepBatches(torch.ones(4), global_batch=3, steps=1, seed=0, rank=0, world=2)
 
 

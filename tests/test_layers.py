@@ -173,9 +173,37 @@ def test_benchmark_layers_section_scores_each_dataset(tmp_path):
     res = benchmark.main(["--section", "layers", "--datasets", "moving_mnist", "--data-root", str(tmp_path),
                           "--out", str(tmp_path / "bench"), "--clips", "2"])["layers"]
     (row,) = res["rows"]
-    assert row["dataset"] == "moving_mnist" and row["ink_kept"] == 1.0
+    assert row["dataset"] == "moving_mnist" and row["ink_kept"] == row["ink_kept_median"] == 1.0
     assert row["layers_mse"] < 0.05 * row["copy_last"] and row["steps_below_both"] == 4
     assert (tmp_path / "bench" / "layers.json").exists()
     with pytest.raises(SystemExit, match="error:"):
         benchmark.main(["--section", "layers", "--datasets", "pendulum", "--data-root", str(tmp_path),
                         "--out", str(tmp_path / "bench")])
+
+
+def _turning_rod(T=6):
+    """A rod 28 px long and 3 px wide turning 0.2 rad a frame about a pivot at (32, 8)."""
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    x = torch.zeros(1, T, 1, 64, 64)
+    for t in range(T):
+        a = torch.tensor(0.4 + 0.2 * t)
+        u = (xs - 32) * torch.sin(a) + (ys - 8) * torch.cos(a)          # along the rod
+        w = (xs - 32) * torch.cos(a) - (ys - 8) * torch.sin(a)          # across it
+        x[0, t, 0] = ((u >= 0) & (u <= 28) & (w.abs() <= 1.5)).float() * (0.5 + u.clamp(0, 28) / 56)
+    return x
+
+
+def test_auto_picks_layers_from_the_clips_not_the_name():
+    """predict=auto reads the clips: bodies that move rigidly keep all their ink in the
+    layers (layers), a turning rod loses most of it (motion); a named unit is kept."""
+    from training.layers import ink_kept
+    from training.train_sharp_v2 import RIGID_SHARE, resolve_predict
+
+    squares, rod = _two_squares().repeat(3, 1, 1, 1, 1), _turning_rod().repeat(3, 1, 1, 1, 1)
+    L, _ = observe_layers(squares, 2)
+    assert torch.allclose(ink_kept(L, squares[:, -1, 0]), torch.ones(3))
+    L, _ = observe_layers(rod, 2)
+    assert (ink_kept(L, rod[:, -1, 0]) < RIGID_SHARE).all()
+    assert resolve_predict("auto", squares, 2) == "layers"
+    assert resolve_predict("auto", rod, 2) == "motion"
+    assert resolve_predict("particles", squares, 2) == "particles"

@@ -44,12 +44,15 @@ def test_train_writes_outputs(data_root, full, tmp_path):
     assert len(metrics["model"]["mse"]) == 4 and set(metrics["means"]) == {"model", "copy_last", "blank"}
     ckpt = torch.load(full / "checkpoints" / "full" / "latest.pt", weights_only=True)
     assert ckpt["phase"] == "done" and ckpt["config"]["hidden"] == 8 and ckpt["model_config"]["hidden"] == 8
-    assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: layers only on Moving MNIST
-    # The checkpoint is usable by the evaluation script.
+    assert ckpt["model_config"]["predict"] == "motion"   # predict=auto: balls are not kept whole by 2 layers
+    # The checkpoint is usable by the evaluation script, which finds the run's data from it
+    # (its dataset under its data_root: no --data, and no data/bouncing_balls in the repo needed).
     run(["evaluation/eval_sharp.py", f"--checkpoint={full / 'checkpoints' / 'full' / 'latest.pt'}",
-         f"--data={data_root / 'bouncing_balls' / 'test.npy'}", "--context=4", "--horizon=4",
+         "--context=4", "--horizon=4",
          "--num_sequences=2", "--batch_size=2", f"--out_dir={tmp_path / 'eval'}"])
     assert (tmp_path / "eval" / "autoregressive_rollout.png").exists()
+    ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert ev["source"] == str(data_root / "bouncing_balls" / "test.npy") and ev["frames_per_sequence"] == 8
 
 
 def test_zero_dyn_steps_keeps_the_untrained_dynamics(data_root, tmp_path):

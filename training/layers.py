@@ -8,7 +8,8 @@ training/world_model.py).
 
 Why: a per-cell displacement field cannot keep two overlapping digits apart (one
 backward warp from one anchor squashes them), and an advected velocity field diffuses
-so strokes shear within 10 frames (README, "Where the remaining error comes from").
+so strokes shear within 10 frames (docs/experiments.md, "Where the motion error comes
+from").
 Moving each object rigidly keeps it whole and sharp; what is left to learn is how each
 object's velocity changes (wall bounces), which the ConvGRU does per layer.
 
@@ -137,9 +138,8 @@ def fit_velocity(P: torch.Tensor) -> torch.Tensor:
     rounded positions is off by up to 0.5 px/frame). Bounces here are elastic, so the
     speed along the axis is the same before and after: when the run before the bounce
     (the frame of the bounce itself left out, its displacement is folded) has the opposite
-    sign, the speed is the frame-weighted mean of the two runs' speeds. Measured on 256
-    Moving MNIST test clips against the true velocities: on axes that turned within the
-    context the error was 0.50 px/frame on average with the last run alone, 0.42 with this."""
+    sign, the speed is the frame-weighted mean of the two runs' speeds (measured against
+    the true velocities: docs/experiments.md, "Rigid layers")."""
     d = (P[..., 1:, :] - P[..., :-1, :]).float()                             # (..., T-1, 2)
     n = d.shape[-2]
     last = _run(d, torch.full(d.shape[:-2] + (2,), n - 1, dtype=torch.long, device=d.device))
@@ -244,6 +244,16 @@ def cut(clips: torch.Tensor, objects: int, context: int):
     with torch.autocast(clips.device.type, enabled=False):
         P, S = track(clips.float(), L, context - 1, clips.shape[1] - 1)
     return L, v, P, S
+
+
+@torch.no_grad()
+def ink_kept(L: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """The share of a frame's ink pixels that the layers cover: how much of the frame moves
+    as at most K rigid bodies (ink of a turning rod, a bending wave or a body beyond the K-th
+    follows no layer and is dropped). Above 1 where a template holds ink the frame did not
+    show. L (B, K, H, W) from `observe_layers`, frame (B, H, W) its last context frame -> (B,)."""
+    ink = (frame > INK).float().sum((1, 2))
+    return (L.amax(1) > INK).float().sum((1, 2)) / ink.clamp_min(1)
 
 
 @torch.no_grad()

@@ -55,8 +55,8 @@ from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
 PHASES = ("tokenizer", "codes", "dynamics", "done")
 # Under a wall-time budget, caching the codes may take at most this share of the time left
-# when it starts (the rest trains the dynamics): 2,000 Moving MNIST clips take about 110 s
-# here, within it at 25 minutes, but three quarters of the 150 s the tokenizer leaves at 5.
+# when it starts (the rest trains the dynamics): the default 2,000 clips fit within it at 25
+# minutes but not at 5 (docs/experiments.md, 2026-12-06, "caching sized to the budget").
 CACHE_SHARE = 0.25
 UNBOUNDED = 10 ** 12   # the step count of a phase that ends at a wall-time deadline
 
@@ -135,6 +135,7 @@ class Run:
         if not 0 <= cfg.get("tok_share", 0.5) < 1:
             raise SystemExit(f"error: --tok_share is the fraction of --minutes for the tokenizer, from 0 to "
                              f"below 1; got {cfg['tok_share']}")
+        check_batches(cfg, self.world)   # now, not when the phase that uses the batch starts
         if cfg["resume"]:
             if not self.ckpt_path.exists():
                 raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
@@ -201,6 +202,14 @@ def save_state(run: Run, cfg, model, opt, phase, step, history):
 # ----------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------
+def check_batches(cfg: dict, world: int) -> None:
+    """Each batch setting is the batch of all processes together, split evenly among them."""
+    for key in ("tok_batch", "dyn_batch", "batch"):
+        if key in cfg and cfg[key] % world:
+            raise SystemExit(f"error: --{key}={cfg[key]} is the batch of all {world} processes together and "
+                             f"must be divisible by their number; pass a multiple of {world}")
+
+
 class StepBatches:
     """A batch sampler whose step s draws `global_batch` items by `weights` (with
     replacement) from a generator seeded by (seed, s) and yields this rank's share.
@@ -209,8 +218,7 @@ class StepBatches:
     def __init__(self, weights: torch.Tensor, global_batch: int, steps: int, seed: int,
                  rank: int = 0, world: int = 1, start: int = 0):
         if global_batch % world:
-            raise SystemExit(f"error: the batch ({global_batch}) must be divisible by the number of processes "
-                             f"({world}); change the batch size or --nproc_per_node")
+            raise ValueError(f"global_batch {global_batch} is not divisible by {world} processes")   # Run checks the flags
         self.weights, self.global_batch, self.steps, self.seed = weights, global_batch, steps, seed
         self.rank, self.world, self.start = rank, world, start
 

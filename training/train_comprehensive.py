@@ -21,7 +21,7 @@ Writes results/<run>/:
     mse_per_step.png                     MSE against rollout step, a line per dataset
     physics_<dataset>_result.png, physics_<dataset>.gif   truth above prediction over
                                          long_horizon steps, on the clips of long_data_root
-                                         (make them with --frames 40, see the README)
+                                         (`make data40`: docs/scripts.md)
     physics/physics.md, physics.json, laws_<dataset>.png   evaluation/eval_physics.py's
                                          laws, body positions and state probes
     training_curves.png, config.json; checkpoint checkpoints/<run>/latest.pt

@@ -19,9 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import utils  # noqa: E402  (first: CPU tuning before torch starts its thread pool)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data_utils.datasets import DatasetError, dataset_command, load_split  # noqa: E402
+from training import layers  # noqa: E402
 from training.loop import Run, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
@@ -45,7 +47,8 @@ CONFIG = dict(
     layers=2,                  # stacked ConvGRU cells
     predict="auto",            # particles (every pixel a particle, the core corrects its measured motion,
                                # splat, re-tokenise) | motion (warp a displacement field, re-tokenise)
-                               # | layers (move rigid objects, re-tokenise) | auto: layers on moving_mnist, else motion
+                               # | layers (move rigid objects, re-tokenise) | auto: layers where the clips are rigid
+                               #   bodies (resolve_predict), else motion
     objects=2,                 # predict=layers: rigid layers cut from the last context frame
     # --- tokenizer phase -----------------------------------------------------------------
     init_tokenizer="",         # a checkpoint whose tokenizer to reuse (skips this phase); '' = train one
@@ -121,15 +124,27 @@ def plot_results(cfg, history, result, examples, out_dir):
     plot_history(history, out_dir / "training_curves.png")
 
 
-def resolve_predict(predict: str, dataset: str) -> str:
-    """predict="auto": rigid layers on Moving MNIST (two large digits that overlap), the
-    displacement field elsewhere. A switch by name, not a general model: on Moving MNIST
-    the layers score far lower MSE, and on the other scenes they drop ink that follows no
-    rigid track and assume elastic contacts; the measured
-    comparisons, all ten datasets included, are in docs/experiments.md."""
+RIGID_CLIPS = 64      # predict=auto: the first training clips its rigidity test reads
+RIGID_SHARE = 0.95    # ... layers when the median clip's rigid layers keep at least this share of its ink
+
+
+def resolve_predict(predict: str, context: torch.Tensor, objects: int) -> str:
+    """predict="auto" picks the dynamics unit from the clips, not from the dataset's name:
+    rigid layers when the scene is rigid bodies, the displacement field otherwise. The
+    test: cut the last context frame of each clip into at most `objects` rigid layers
+    (training/layers.py) and measure the share of its ink they cover (`layers.ink_kept`);
+    rigid when the median clip keeps RIGID_SHARE of it. Ink of a turning rod, a spring, a
+    wave or a body beyond the objects-th follows no rigid layer and would be dropped.
+    Still a choice between two units, not one general dynamics; which datasets pass, with
+    their shares: docs/experiments.md. context (N, T, 1, H, W) in [0, 1]."""
     if predict != "auto":
         return predict
-    return "layers" if dataset == "moving_mnist" else "motion"
+    L, _ = layers.observe_layers(context, objects)
+    share = layers.ink_kept(L, context[:, -1, 0]).median().item()
+    unit = "layers" if share >= RIGID_SHARE else "motion"
+    print(f"predict=auto: {unit} (the median of {context.shape[0]} training clips keeps {share:.0%} of its ink "
+          f"in {objects} rigid layers; layers from {RIGID_SHARE:.0%})")
+    return unit
 
 
 def main():
@@ -138,7 +153,13 @@ def main():
         dataset_command(cfg["dataset"])   # checks the name
     except DatasetError as exc:
         raise SystemExit(f"error: {exc}; pass one of them as --dataset=NAME") from None
-    cfg["predict"] = resolve_predict(cfg["predict"], cfg["dataset"])
+    if cfg["predict"] == "auto":
+        try:
+            train = load_split(cfg["dataset"], "train", cfg["data_root"] or None)
+        except DatasetError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        context = torch.from_numpy(np.array(train[:RIGID_CLIPS, :cfg["context"]])).float().div(255)[:, :, None]
+        cfg["predict"] = resolve_predict("auto", context, cfg["objects"])
     if cfg["predict"] not in PREDICT_MODES:
         raise SystemExit(f"error: --predict must be auto or one of {', '.join(PREDICT_MODES)}, "
                          f"got '{cfg['predict']}'")

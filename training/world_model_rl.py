@@ -97,7 +97,7 @@ CONFIG = dict(
     final_ac_steps=250,        # then actor-critic updates in that prior
     final_actor_lr=1e-4,       # the actor's step size at the end of the loop and in the consolidation
     # --- evaluation ----------------------------------------------------------------------
-    eval_episodes=200,         # unseen seeds per policy (30 gave success rates off by up to 0.22: docs/experiments.md, 2026-12-07)
+    eval_episodes=200,         # unseen seeds per policy (why not 30: docs/experiments.md, 2026-12-07)
     eval_only=False,           # evaluate --checkpoint on --seeds, no training
     checkpoint="",             # --eval_only: the agent to evaluate
     seeds="",                  # --eval_only: A-B (inclusive); default 1000000..+eval_episodes-1
@@ -398,8 +398,8 @@ def actor_step_size(cfg, it: int) -> float:
 def agent_input(prev, cur):
     """What the actor and critic read: the compact state of frame t and its change since
     frame t-1, (B, 2F). A frame's state places the bodies precisely and their speed only
-    roughly (linear probes of the true velocity: R^2 0.76 from z_t, 0.87 with the change;
-    docs/experiments.md), and braking needs the speed."""
+    roughly (linear probes of the true velocity, docs/experiments.md), and braking needs
+    the speed."""
     return torch.cat([cur, cur - prev], -1)
 
 
