@@ -265,6 +265,8 @@ ROWS = {
         "--eval_only", f"--checkpoint={w.root / 'payload.pt'}", "--device=cpu"],
         ("refused (weights_only=True)", "--checkpoint"), after=payload_refused),
     # --- settings -------------------------------------------------------------------------
+    "one context frame for the rigid layers": Row("train_sharp_v2", lambda w, t: [*train(w, t), "--context=1"],
+                                                  ("last two context frames", "--context=2")),
     "unknown hyperparameter": Row("train_sharp_v2", lambda w, t: [*train(w, t), "--hiden=3"],
                                   ("unknown setting --hiden (did you mean --hidden?)", "--help")),
     "unknown hyperparameter (agent)": Row("world_model_rl", lambda w, t: [f"--out_root={t}", "--horizn=3"],

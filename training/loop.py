@@ -136,6 +136,7 @@ class Run:
             raise SystemExit(f"error: --tok_share is the fraction of --minutes for the tokenizer, from 0 to "
                              f"below 1; got {cfg['tok_share']}")
         check_batches(cfg, self.world)   # now, not when the phase that uses the batch starts
+        check_context(cfg)
         if cfg["resume"]:
             if not self.ckpt_path.exists():
                 raise SystemExit(f"error: --resume given but {self.ckpt_path} does not exist; "
@@ -208,6 +209,14 @@ def check_batches(cfg: dict, world: int) -> None:
         if key in cfg and cfg[key] % world:
             raise SystemExit(f"error: --{key}={cfg[key]} is the batch of all {world} processes together and "
                              f"must be divisible by their number; pass a multiple of {world}")
+
+
+def check_context(cfg: dict) -> None:
+    """The rigid layers (and predict=auto, which tries them) read each body's motion
+    between the last two context frames."""
+    if cfg.get("predict") in ("auto", "layers") and cfg.get("context", 2) < 2:
+        raise SystemExit(f"error: --predict={cfg['predict']} reads each body's motion between the last two "
+                         f"context frames; pass --context=2 or more, or --predict=motion")
 
 
 class StepBatches:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from data_utils.datasets import DatasetError, dataset_command, load_split  # noqa: E402
 from training import layers  # noqa: E402
-from training.loop import Run, plot_history, train_world_model  # noqa: E402
+from training.loop import Run, check_context, plot_history, train_world_model  # noqa: E402
 from training.world_model import PREDICT_MODES  # noqa: E402
 
 CONFIG = dict(
@@ -153,6 +153,7 @@ def main():
         dataset_command(cfg["dataset"])   # checks the name
     except DatasetError as exc:
         raise SystemExit(f"error: {exc}; pass one of them as --dataset=NAME") from None
+    check_context(cfg)   # before the rigidity test of predict=auto, which needs two frames
     if cfg["predict"] == "auto":
         try:
             train = load_split(cfg["dataset"], "train", cfg["data_root"] or None)
