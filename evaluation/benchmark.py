@@ -167,14 +167,20 @@ def bench_model(args) -> dict:
     report the quality a finished run reached for its wall time (results/<run>/metrics.json)."""
     from training import layers
     from training.train_sharp_v2 import CONFIG as TRAIN
-    from training.train_sharp_v2 import resolve_predict
+    from data_utils.datasets import DatasetError
+    from training.train_sharp_v2 import resolve_predict, rigidity_clips
     from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
     device = utils.pick_device(args.device)
     torch.manual_seed(0)
     tok_batch, dyn_batch = args.tok_batch or TRAIN["tok_batch"], args.dyn_batch or TRAIN["dyn_batch"]
     frames = _bench_frames(args.model_dataset, tok_batch, dyn_batch)  # (N, T, 1, 64, 64)
-    predict = resolve_predict(TRAIN["predict"], frames[:, :TRAIN["context"]], TRAIN["objects"])
+    predict = TRAIN["predict"]
+    if predict == "auto":   # as training decides it, on the training clips
+        try:
+            predict = resolve_predict(predict, rigidity_clips(args.model_dataset, "", TRAIN["context"]), TRAIN["objects"])
+        except DatasetError:
+            predict = "motion"
     model_cfg = ModelConfig.from_dict({**TRAIN, "predict": predict})
     machine = machine_info()
     precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
@@ -279,10 +285,9 @@ def bench_layers(args) -> dict:
     observed velocity (`constant_velocity`: no bounces, no tokenizer), against copy-last and
     blank, on the first --clips test clips (first half of each clip in, second half
     predicted). Also ink_kept, mean and median over the clips (`layers.ink_kept`): the
-    pixels the layers cover over the last frame's ink pixels (ink that no layer follows is
-    dropped; above 1 where a template, read from all context frames, also holds ink the
-    last frame did not show); the median is what predict=auto tests. Needs the datasets in
-    --data-root."""
+    share of the last frame's ink pixels the layers cover (ink that no layer follows is
+    dropped). predict=auto of train_sharp_v2.py tests the median, on training clips with
+    its own `objects` (2). Needs the datasets in --data-root."""
     from data_utils.datasets import DatasetError, load_split, parse_names
     from training import layers
     from training.train_sharp_v2 import RIGID_SHARE
@@ -311,7 +316,8 @@ def bench_layers(args) -> dict:
             "what": "untrained rigid layers at constant velocity, pixel space: mean MSE per predicted frame "
                     "(summed over pixels), first and last step, beside copy-last and blank; the share of the "
                     "last context frame's ink the layers keep, mean and median over clips (predict=auto of "
-                    f"train_sharp_v2.py picks layers where the median is at least {RIGID_SHARE})"}
+                    f"train_sharp_v2.py picks layers where the median over its training clips, with its "
+                    f"own objects, is at least {RIGID_SHARE})"}
 
 
 # --- budget: quality for a wall-time budget, world model against the learned baseline ------------

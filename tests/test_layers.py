@@ -207,3 +207,18 @@ def test_auto_picks_layers_from_the_clips_not_the_name():
     assert resolve_predict("auto", squares, 2) == "layers"
     assert resolve_predict("auto", rod, 2) == "motion"
     assert resolve_predict("particles", squares, 2) == "particles"
+
+
+def test_auto_reads_the_training_clips_as_training_does(tmp_path):
+    """The clips predict=auto tests come from the dataset's training split (as main() reads
+    them): Moving MNIST's digits are rigid (layers), a pendulum's turning rod is not (motion)."""
+    from data_utils import generate
+    from training.train_sharp_v2 import CONFIG, resolve_predict, rigidity_clips
+
+    generate.generate_datasets(["moving_mnist", "pendulum"], workers=1, verbose=False, num=24, frames=12, size=64,
+                               out=tmp_path, preview=False, progress=False, options={"digits": "font", "download": False})
+    mnist = rigidity_clips("moving_mnist", str(tmp_path), CONFIG["context"])
+    assert mnist.shape[1:] == (CONFIG["context"], 1, 64, 64) and 0 < mnist.max() <= 1
+    assert resolve_predict("auto", mnist, CONFIG["objects"]) == "layers"
+    pendulum = rigidity_clips("pendulum", str(tmp_path), CONFIG["context"])
+    assert resolve_predict("auto", pendulum, CONFIG["objects"]) == "motion"

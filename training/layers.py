@@ -250,10 +250,10 @@ def cut(clips: torch.Tensor, objects: int, context: int):
 def ink_kept(L: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """The share of a frame's ink pixels that the layers cover: how much of the frame moves
     as at most K rigid bodies (ink of a turning rod, a bending wave or a body beyond the K-th
-    follows no layer and is dropped). Above 1 where a template holds ink the frame did not
-    show. L (B, K, H, W) from `observe_layers`, frame (B, H, W) its last context frame -> (B,)."""
-    ink = (frame > INK).float().sum((1, 2))
-    return (L.amax(1) > INK).float().sum((1, 2)) / ink.clamp_min(1)
+    follows no layer and is dropped). Layer ink where the frame has none does not count.
+    L (B, K, H, W) from `observe_layers`, frame (B, H, W) its last context frame -> (B,)."""
+    ink = frame > INK
+    return ((L.amax(1) > INK) & ink).float().sum((1, 2)) / ink.float().sum((1, 2)).clamp_min(1)
 
 
 @torch.no_grad()

@@ -128,6 +128,13 @@ RIGID_CLIPS = 64      # predict=auto: the first training clips its rigidity test
 RIGID_SHARE = 0.95    # ... layers when the median clip's rigid layers keep at least this share of its ink
 
 
+def rigidity_clips(dataset: str, data_root: str, context: int) -> torch.Tensor:
+    """What predict=auto's test reads: the context frames of the first RIGID_CLIPS training
+    clips, (N, context, 1, H, W) in [0, 1]. DatasetError when the dataset is missing."""
+    train = load_split(dataset, "train", data_root or None)
+    return torch.from_numpy(np.array(train[:RIGID_CLIPS, :context])).float().div(255)[:, :, None]
+
+
 def resolve_predict(predict: str, context: torch.Tensor, objects: int) -> str:
     """predict="auto" picks the dynamics unit from the clips, not from the dataset's name:
     rigid layers when the scene is rigid bodies, the displacement field otherwise. The
@@ -142,8 +149,8 @@ def resolve_predict(predict: str, context: torch.Tensor, objects: int) -> str:
     L, _ = layers.observe_layers(context, objects)
     share = layers.ink_kept(L, context[:, -1, 0]).median().item()
     unit = "layers" if share >= RIGID_SHARE else "motion"
-    print(f"predict=auto: {unit} (the median of {context.shape[0]} training clips keeps {share:.0%} of its ink "
-          f"in {objects} rigid layers; layers from {RIGID_SHARE:.0%})")
+    print(f"predict=auto: {unit} (in the median of {context.shape[0]} training clips, {objects} rigid layers keep "
+          f"{share:.2f} of the ink; layers from {RIGID_SHARE:.2f})")
     return unit
 
 
@@ -156,10 +163,9 @@ def main():
     check_context(cfg)   # before the rigidity test of predict=auto, which needs two frames
     if cfg["predict"] == "auto":
         try:
-            train = load_split(cfg["dataset"], "train", cfg["data_root"] or None)
+            context = rigidity_clips(cfg["dataset"], cfg["data_root"], cfg["context"])
         except DatasetError as exc:
             raise SystemExit(f"error: {exc}") from None
-        context = torch.from_numpy(np.array(train[:RIGID_CLIPS, :cfg["context"]])).float().div(255)[:, :, None]
         cfg["predict"] = resolve_predict("auto", context, cfg["objects"])
     if cfg["predict"] not in PREDICT_MODES:
         raise SystemExit(f"error: --predict must be auto or one of {', '.join(PREDICT_MODES)}, "
