@@ -116,6 +116,8 @@ def load_frames(cfg: dict, ckpt_config: dict):
             frames = load_split(name, cfg["split"], cfg["data_root"] or ckpt_config.get("data_root") or None)
     except (DatasetError, FileNotFoundError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not cfg["data"] and not cfg["data_root"] and ckpt_config.get("data_root"):
+            msg += f" (the run's data_root, from the checkpoint); or pass --data_root=FOLDER where the data is now"
         raise SystemExit(f"error: {msg}") from None
     # the memmap knows its file; <split>.npy sits beside <split>_states.npz (docs/data.md)
     return frames, str(name), Path(getattr(frames, "filename", None) or cfg["data"] or ".")

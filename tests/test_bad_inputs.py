@@ -63,6 +63,7 @@ def w(tmp_path_factory):
     utils.save_checkpoint({**ckpt, "model_config": {**ckpt["model_config"], "hidden": 16}}, root / "mismatch.pt")
     torch.save({"config": {}, "x": _Payload(root / "payload_ran")}, root / "payload.pt")  # plain torch.save
     utils.save_checkpoint({**ckpt, "config": {"run": "x"}}, root / "no_dataset.pt")
+    utils.save_checkpoint({**ckpt, "config": {**ckpt["config"], "data_root": str(root / "moved")}}, root / "moved_data.pt")
     simvp = SimVP(SimVPConfig(hid_s=4, hid_t=8, n_s=2, n_t=1, context=4, horizon=4))
     utils.save_checkpoint({"config": {"run": "b", "dataset": "bouncing_balls"}, "model_config": simvp.config.to_dict(),
                            "model": simvp.state_dict(), "phase": "done"}, root / "baseline.pt")
@@ -223,6 +224,9 @@ ROWS = {
     "checkpoint of another model (--init_tokenizer)": Row("train_sharp_v2", lambda w, t: [
         *train(w, t), f"--init_tokenizer={w.root / 'rl_like.pt'}"],
         ("holds no finished tokenizer", "--init_tokenizer")),
+    "run's data moved away": Row("eval_sharp", lambda w, t: [
+        f"--checkpoint={w.root / 'moved_data.pt'}", f"--out_dir={t / 'eval'}", "--context=4", "--horizon=4",
+        "--num_sequences=2", "--device=cpu"], ("not found", "the run's data_root", "--data_root=")),
     "baseline checkpoint (physics)": Row("eval_physics", lambda w, t: [
         f"--checkpoint={w.root / 'baseline.pt'}", f"--data_root={w.data}", f"--out_dir={t}", "--device=cpu"],
         ("not a world model", "--checkpoint=", "eval_sharp.py for the baseline")),
