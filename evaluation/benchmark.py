@@ -165,9 +165,9 @@ def bench_model(args) -> dict:
     """Time optimiser steps of the tokenizer and of the dynamics at the default sizes of
     train_sharp_v2.py, in float32 and (where the device supports it) bf16 autocast, and
     report the quality a finished run reached for its wall time (results/<run>/metrics.json)."""
+    from data_utils.datasets import DatasetError
     from training import layers
     from training.train_sharp_v2 import CONFIG as TRAIN
-    from data_utils.datasets import DatasetError
     from training.train_sharp_v2 import resolve_predict, rigidity_clips
     from training.world_model import ModelConfig, SharpWorldModelV2, tokenizer_loss
 
@@ -181,6 +181,7 @@ def bench_model(args) -> dict:
             predict = resolve_predict(predict, rigidity_clips(args.model_dataset, "", TRAIN["context"]), TRAIN["objects"])
         except DatasetError:
             predict = "motion"
+            print(f"(no data/{args.model_dataset}: predict=auto cannot test its clips; timing predict=motion)")
     model_cfg = ModelConfig.from_dict({**TRAIN, "predict": predict})
     machine = machine_info()
     precisions = [False, True] if (device.type == "cuda" or (device.type == "cpu" and utils.cpu_supports_bf16())) \
